@@ -61,8 +61,9 @@ def test_asi_with_a_cutoff_beyond_the_gallery_is_the_definition(engine: str, cut
 @pytest.mark.parametrize("engine", ["cpu", "torch"])
 @pytest.mark.parametrize("k", [10**20, 2**63 - 1, N_ITEMS + 5, 3])
 def test_precision_and_map_at_a_k_beyond_the_gallery_are_the_definition(engine: str, k: int) -> None:
-    """docs/metrics.md: precision@k = |{j : rank_j <= k}| / min(k, R_q), map@k = (1/min(k, R_q)) sum_{i<=k}
-    rel(i) P@i; past the gallery, min(k, R_q) = R_q (a perfect ranking scores 1)."""
+    """docs/metrics.md: precision@k = |{j : rank_j <= k}| / min(k, R_q), map@k = (1/n_k) sum_{i<=k} rel(i) P@i
+    with n_k the relevant items in the top k (0 when none); past the gallery, min(k, R_q) = n_k = R_q (a perfect
+    ranking scores 1)."""
     emb, labels = _data()
     prec, ap = [], []
     for rel in _hits(emb, labels):
@@ -70,7 +71,7 @@ def test_precision_and_map_at_a_k_beyond_the_gallery_are_the_definition(engine: 
         top = rel[:min(k, rel.size)]
         denom = min(k, r)
         prec.append(top.sum() / denom)
-        ap.append(sum(top[i] * top[:i + 1].sum() / (i + 1) for i in range(top.size)) / denom)
+        ap.append(sum(top[i] * top[:i + 1].sum() / (i + 1) for i in range(top.size)) / max(top.sum(), 1))
     got = evaluate_embeddings(emb, labels, metrics=["recall@K", f"precision@{k}", f"map@{k}"], k_values=(k,),
                               ranking_engine=engine, scale_names=["label"])["label"]
     assert got[f"precision@{k}"] == pytest.approx(np.mean(prec), rel=1e-12, abs=0)

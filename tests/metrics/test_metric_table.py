@@ -24,8 +24,9 @@ def _precision_at(rel, hits, r, k):
 
 
 def _map_at(rel, hits, r, k):
+    """open-metric-learning's map@k: divided by the number of relevant items in the top k (0 when there are none)."""
     i = np.arange(min(k, len(rel)))
-    return (rel[i] * hits[i] / (i + 1)).sum() / min(k, r)
+    return (rel[i] * hits[i] / (i + 1)).sum() / max(rel[i].sum(), 1)
 
 
 def _r_precision(rel, hits, r, k):

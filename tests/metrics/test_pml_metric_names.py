@@ -34,7 +34,8 @@ def _message(**kwargs) -> str:
     ("mean_average_precision_at_r", "pytorch-metric-learning's mean_average_precision_at_r is map@r here"),
     ("mean_average_precision", "pytorch-metric-learning's mean_average_precision is map here when its k covers "
                                "every reference (k=None); with an integer k it divides by R, which no metric here "
-                               "does (map@<int> divides by min(k, R))"),
+                               "does (map@<int> divides by the relevant items in the top k, as "
+                               "open-metric-learning's map@k)"),
     ("mean_reciprocal_rank", "pytorch-metric-learning's mean_reciprocal_rank has no equivalent here (recall@K and "
                              "map are the nearest)"),
     ("AMI", "pytorch-metric-learning's AMI (adjusted mutual information) has no equivalent here; nmi is its NMI"),

@@ -151,8 +151,8 @@ def test_torch_engine_tie_rule_by_hand():
                                   metrics=["recall@K", "precision@K", "map@K", "map"], ranking_engine=engine)["fine"]
         assert out["recall@1"] == 1.0 and out["recall@4"] == 1.0
         assert out["precision@2"] == 0.5 and out["precision@4"] == pytest.approx(2 / 3)  # 2 hits / min(4, R=3)
-        assert out["map@2"] == pytest.approx(1 / 2)  # (1/min(2, 3)) * (1/1)
-        assert out["map@4"] == pytest.approx((1 + 2 / 4) / 3)
+        assert out["map@2"] == 1.0  # (1/1) * (1/1): one relevant item in the top 2 (open-metric-learning's map@k)
+        assert out["map@4"] == pytest.approx((1 + 2 / 4) / 2)  # two relevant items in the top 4
         assert out["map"] == pytest.approx((1 + 2 / 4 + 3 / 5) / 3)
 
 
@@ -213,7 +213,7 @@ def _brute_metrics(q, ql, g, gl, distance, k_values=(1, 4)):
         for k in k_values:
             vals[f"recall@{k}"] = float(rel[:k].any())
             vals[f"precision@{k}"] = rel[:k].sum() / min(k, r)
-            vals[f"map@{k}"] = (rel[:k] * prec[:k]).sum() / min(k, r)
+            vals[f"map@{k}"] = (rel[:k] * prec[:k]).sum() / max(rel[:k].sum(), 1)
         for key, v in vals.items():
             out.setdefault(key, []).append(v)
     return {key: float(np.mean(v)) for key, v in out.items()}

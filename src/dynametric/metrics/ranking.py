@@ -10,7 +10,9 @@ For a query ``q`` with candidate set ``G_q`` ranked best first, let ``rank_1 < r
 * ``asi``       = (1/N) * sum_{n <= N} hits(n) / n  with N = R (default) or a fixed int
                 = (1/N) * sum_{j : rank_j <= N} (H_N - H_{rank_j - 1})    (H = harmonic numbers)
 * ``precision@k`` = |{j : rank_j <= k}| / min(k, R)                       (open-metric-learning's precision@k)
-* ``map@k``     = (1/min(k, R)) * sum_{j : rank_j <= k} j / rank_j        (open-metric-learning's map@k)
+* ``map@k``     = (1/n_k) * sum_{j : rank_j <= k} j / rank_j                (open-metric-learning's map@k)
+                with n_k = |{j : rank_j <= k}|, the relevant items in the top k (0 when n_k = 0; earlier versions
+                divided by min(k, R))
 
 because ``hits(n) = |{j : rank_j <= n}|`` and ``sum_{n=r}^{N} 1/n = H_N - H_{r-1}``.
 
@@ -140,7 +142,8 @@ class MetricSpec:
 
 def _cut(k: int | None) -> int:
     """An ``@k`` metric's ``k``, at most :data:`_RANK_BOUND`: a ``k`` past every rank and every ``R_q`` gives the
-    same value (``rank_j <= k`` for every item, ``min(k, R_q) = R_q``) and the comparison stays within int64."""
+    same value (``rank_j <= k`` for every item, ``min(k, R_q) = R_q``, ``n_k = R_q``) and the comparison stays within
+    int64."""
     assert k is not None
     return min(k, _RANK_BOUND)
 
@@ -155,8 +158,12 @@ def _precision_at_k(v: RankRows, k: int | None) -> Any:
 
 
 def _map_at_k(v: RankRows, k: int | None) -> Any:
+    # open-metric-learning's map@k: divided by n_k, the relevant items in the top k (earlier versions divided by
+    # min(k, R_q)); a query with none there scores 0 (n_k = 0 is divided as 1)
     k = _cut(k)
-    return v.sum(v.prec, where=v.rank <= k) / v.denom_at(k)
+    inside = v.rank <= k
+    hits = v.count(inside)
+    return v.sum(v.prec, where=inside) / (hits + (hits == 0))
 
 
 def _r_precision(v: RankRows, k: int | None) -> Any:

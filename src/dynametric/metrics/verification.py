@@ -7,8 +7,9 @@ for cosine ``d = sqrt(2 - 2 cos)``, so an all-zero row, whose cosine with anythi
 item).
 For a false match rate ``p`` (percent), the threshold ``T`` is the ``p``-th percentile of the negative distances with
 linear interpolation (``numpy.percentile``'s default: position ``p/100 * (M - 1)`` in the sorted negatives), and
-``fnmr@fmr=p`` is the fraction of positive distances ``>= T`` (open-metric-learning reports percent; dynametric
-reports fractions like every other metric).
+``fnmr@fmr=p`` is the fraction of positive distances ``>= T``. Only the name's ``p`` is in percent:
+open-metric-learning takes the rate as a fraction in [0, 1] (``fmr_vals=(0.1,)`` is ``fnmr@fmr=10`` here) and, as
+dynametric, returns the FNMR as a fraction.
 
 The negatives are never held: the two order statistics that bracket the percentile are found by a radix select
 over the pairs' order-preserving 32-bit keys (one pass for the high 16 bits, one for the low 16 bits of the
