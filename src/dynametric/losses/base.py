@@ -154,6 +154,9 @@ class MetricLoss(RecordsStats, nn.Module):
         self.embedding_regularizer = embedding_regularizer
         self.embedding_reg_weight = embedding_reg_weight
         self.collect_stats = bool(collect_stats)
+        # the reference embeddings of the call under way (set by forward, cleared when it returns): zero_loss
+        # connects them too, so a zero loss still gives ref_emb a (zero) gradient
+        self._call_ref_emb: torch.Tensor | None = None
 
     def forward(
         self,
@@ -195,7 +198,11 @@ class MetricLoss(RecordsStats, nn.Module):
             common = torch.promote_types(embeddings.dtype, ref_emb.dtype)
             embeddings, ref_emb = embeddings.to(common), ref_emb.to(common)
         if self.reducer is None:
-            loss = self.compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+            self._call_ref_emb = ref_emb
+            try:
+                loss = self.compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+            finally:
+                self._call_ref_emb = None
             if self.embedding_regularizer is not None:
                 loss = loss + self.embedding_reg_weight * self.embedding_regularizer(embeddings)
             return loss
@@ -206,7 +213,25 @@ class MetricLoss(RecordsStats, nn.Module):
                 "indices": None,
                 "reduction_type": "already_reduced",
             }
-        return apply_reducer(self.reducer, loss_dict, embeddings, labels if labels.dim() == 1 else None)
+        # a reducer's zero (no tuple, nothing above its threshold) is ``sum(embeddings * 0)`` (PML's protocol gives it
+        # nothing else): it gets the embeddings plus a zero connected to ref_emb and the loss's parameters, the same
+        # values (NaN where one of those is not finite, as zero_loss), so that zero reaches all of them
+        anchor = self._zero_anchor(ref_emb)
+        like = embeddings if anchor is None else embeddings + anchor.to(embeddings.dtype)
+        return apply_reducer(self.reducer, loss_dict, like, labels if labels.dim() == 1 else None)
+
+    def _zero_anchor(self, ref_emb: torch.Tensor | None) -> torch.Tensor | None:
+        """``sum(ref_emb * 0) + sum_p sum(p * 0)`` over the loss's parameters that require a gradient (a 0-dim zero
+        connected to each of them; NaN when one is not finite), or ``None`` when there is nothing to connect."""
+        parts = [p.sum() * 0.0 for p in self.parameters() if p.requires_grad]
+        if ref_emb is not None and ref_emb.requires_grad:
+            parts.append(ref_emb.sum() * 0.0)
+        if not parts:
+            return None
+        anchor = parts[0]
+        for part in parts[1:]:
+            anchor = anchor + part.to(anchor.dtype)
+        return anchor
 
     #: Whether the loss is defined by an ``indices_tuple`` alone (``labels=None``), as PML's pair/triplet losses.
     works_without_labels: bool = False
@@ -332,12 +357,16 @@ class MetricLoss(RecordsStats, nn.Module):
 
     def zero_loss(self, embeddings: torch.Tensor, reason: str) -> torch.Tensor:
         """A zero that is still connected to the graph: backward works and its gradients are 0, never NaN. Its value
-        is 0, or NaN when an embedding or a parameter is not finite (``x * 0.0``), so a non-finite batch is still
-        seen by the engine's non-finite-loss policy."""
+        is 0, or NaN when an embedding, a reference embedding or a parameter is not finite (``x * 0.0``), so a
+        non-finite batch is still seen by the engine's non-finite-loss policy. Inside a call it is connected to that
+        call's ``ref_emb`` too (a zero gradient, not ``None``)."""
         self._log_once(reason, f"{type(self).__name__}: {reason}; returning a zero loss")
         zero = embeddings.sum() * 0.0
         for p in self.parameters():
             zero = zero + p.sum() * 0.0
+        ref_emb = getattr(self, "_call_ref_emb", None)
+        if ref_emb is not None:
+            zero = zero + (ref_emb.sum() * 0.0).to(zero.dtype)
         return zero + 0.0  # -0.0 (a negative sum times 0) + 0.0 is +0.0, as PML's zero; NaN stays NaN
 
     def loss_parts(self) -> dict[str, torch.Tensor]:

@@ -181,17 +181,37 @@ class PMLLoss(MetricLoss):
             if isinstance(given.get("ref_emb"), torch.Tensor) and given["ref_emb"].is_floating_point():
                 given["ref_emb"] = given["ref_emb"].to(dtype)
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
-            return self.loss(embeddings, **given)
+            out = self.loss(embeddings, **given)
+        # PML's zero loss (no tuple mined) is sum(embeddings * 0): the parameters (a learned beta, proxies) would be
+        # left out of the graph, and DDP with find_unused_parameters=False fails at the next step. A zero connected to
+        # each of them (NaN when one is not finite, as the native losses' zero), never read on the host.
+        anchor = self._zero_anchor(None)
+        if anchor is not None and isinstance(out, torch.Tensor) and out.is_floating_point():
+            out = out + anchor.to(out.dtype)
+        return out
 
     def _maths_dtype(self, embeddings: torch.Tensor) -> torch.dtype:
-        """The dtype PML's maths run in (autocast off): float32 for half-precision embeddings (autocast's bfloat16 /
-        float16 outputs under a ``*-mixed`` precision, or bfloat16 embeddings of a ``*-true`` run), unless the wrapped
-        loss holds half-precision parameters or buffers (a ``*-true`` run's proxies), which then set it; otherwise the
-        embeddings' own. PML's formulas are not written for 16-bit numbers: ``TupletMarginLoss`` takes ``acos`` of a
-        cosine that bfloat16 rounds to exactly 1 for nearby pairs, a finite loss with a NaN gradient."""
-        if not embeddings.is_floating_point() or embeddings.dtype not in (torch.float16, torch.bfloat16):
+        """The dtype PML's maths run in (autocast off). When the wrapped loss holds floating-point parameters
+        (proxies, class weights, a learned beta), theirs (their promotion if they differ): PML's ``cast_types``
+        would otherwise convert them in place to the embeddings' dtype (float64 embeddings made float32 proxies
+        float64, and the optimizer's float32 state then crashed its next step); the embeddings are converted instead,
+        their gradient flowing back in their own dtype. Without parameters: float32 for half-precision embeddings
+        (autocast's bfloat16 / float16 outputs under a ``*-mixed`` precision, or bfloat16 embeddings of a ``*-true``
+        run), unless the wrapped loss holds half-precision buffers, which then set it; otherwise the embeddings'
+        own. PML's formulas are not written for 16-bit numbers: ``TupletMarginLoss`` takes ``acos`` of a cosine that
+        bfloat16 rounds to exactly 1 for nearby pairs, a finite loss with a NaN gradient."""
+        if not embeddings.is_floating_point():
             return embeddings.dtype
-        held = {t.dtype for t in (*self.loss.parameters(), *self.loss.buffers()) if t.is_floating_point()}
+        params = {p.dtype for p in self.loss.parameters() if p.is_floating_point()}
+        if params:
+            dtypes = sorted(params, key=str)  # a fixed order, so the promotion does not depend on set order
+            dtype = dtypes[0]
+            for other in dtypes[1:]:
+                dtype = torch.promote_types(dtype, other)
+            return dtype
+        if embeddings.dtype not in (torch.float16, torch.bfloat16):
+            return embeddings.dtype
+        held = {t.dtype for t in self.loss.buffers() if t.is_floating_point()}
         half = held & {torch.float16, torch.bfloat16}
         return next(iter(half)) if half else torch.float32
 

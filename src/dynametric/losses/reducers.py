@@ -4,8 +4,10 @@
 * ``avg_nonzero``: mean over strictly positive entries, zero if there are none (PML ``AvgNonZeroReducer``).
 * ``divisor``: ``sum / divisor``, zero if the divisor is 0 (PML ``DivisorReducer``).
 
-Zero results stay connected to the graph through ``like`` so backward always works. No reduction reads a count
-back to the host (a synchronisation on an accelerator): "zero if there is nothing to average" is a
+Zero results stay connected to the graph through ``like`` so backward always works. A loss given ``reducer=``
+passes as the reducer's ``embeddings`` its embeddings plus a zero connected to its ``ref_emb`` and learnable
+parameters (:meth:`dynametric.losses.MetricLoss.forward`), so a reducer's zero reaches those too. No reduction
+reads a count back to the host (a synchronisation on an accelerator): "zero if there is nothing to average" is a
 ``torch.where`` on the device, whose other branch divides by a count clamped to at least 1, so neither the value nor
 the gradient is ever NaN.
 """

@@ -27,9 +27,12 @@ _NORM_EPS = 1e-12
 
 
 def _unit_rows(x: torch.Tensor) -> torch.Tensor:
-    """Rows L2-normalised in float32, returned in ``x``'s dtype: under float16 autocast on the CPU the norm would be
-    float16, where ``_NORM_EPS`` is 0, so an all-zero row (a dead ReLU stream) would give 0/0 = NaN."""
-    return F.normalize(x.float(), p=2, dim=-1, eps=_NORM_EPS).to(x.dtype)
+    """Rows L2-normalised in ``x``'s dtype, except half precision: float16 / bfloat16 rows are normalised in float32
+    and returned in ``x``'s dtype (under float16 autocast on the CPU the norm would be float16, where ``_NORM_EPS`` is
+    0, so an all-zero row, a dead ReLU stream, would give 0/0 = NaN). float64 stays float64 (exact gradients)."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return F.normalize(x.float(), p=2, dim=-1, eps=_NORM_EPS).to(x.dtype)
+    return F.normalize(x, p=2, dim=-1, eps=_NORM_EPS)
 DEFAULT_CHUNK_BYTES = 256 * 2**20
 
 

@@ -59,8 +59,11 @@ class GradientReversal(nn.Module):
 
 
 def _normalise(x: torch.Tensor) -> torch.Tensor:
-    # in float32, back in x's dtype: a float16 norm (CPU autocast) has eps 1e-12 = 0, and a zero row would be NaN
-    return F.normalize(x.float(), p=2, dim=1, eps=1e-12).to(x.dtype)
+    # half precision in float32, back in x's dtype: a float16 norm (CPU autocast) has eps 1e-12 = 0, and a zero row
+    # would be NaN; float32 and float64 in their own dtype (float64 keeps its exact gradient)
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return F.normalize(x.float(), p=2, dim=1, eps=1e-12).to(x.dtype)
+    return F.normalize(x, p=2, dim=1, eps=1e-12)
 
 
 class Decorrelation(nn.Module):
