@@ -125,11 +125,23 @@ def test_an_override_giving_every_key_again_drops_nothing(tmp_path: Path) -> Non
     assert config_notes(cfg) == []
 
 
-def test_a_mapping_set_by_an_earlier_override_is_named_too() -> None:
+def test_a_mapping_set_by_an_earlier_override_is_replaced_without_a_note() -> None:
+    # of two overrides the later wins, as documented: the user wrote both
     cfg = load_config(overrides=["loss.kwargs.margin=0.2", "loss.kwargs={swap: true}"])
-    assert cfg.loss.kwargs == {"swap": True}
+    assert cfg.loss.kwargs == {"swap": True} and config_notes(cfg) == []
+
+
+def test_options_given_whole_with_a_new_name_drop_the_old_options_without_a_note(tmp_path: Path) -> None:
+    path = _write(tmp_path / "c.yaml", TINY)
+    cfg = load_config(path, ["loss.name=MarginLoss", "loss.kwargs={margin: 0.3}"])
+    assert (cfg.loss.name, cfg.loss.kwargs) == ("MarginLoss", {"margin": 0.3}) and config_notes(cfg) == []
+    # a whole section with a new name: its other keys are still named
+    path = _write(tmp_path / "w.yaml", TINY.replace("loss:\n", "loss:\n  weight: 2\n"))
+    cfg = load_config(path, ["loss={name: MarginLoss}"])
+    assert (cfg.loss.name, cfg.loss.kwargs, cfg.loss.weight) == ("MarginLoss", {}, 1.0)
     notes = config_notes(cfg)
-    assert len(notes) == 1 and notes[0].startswith("loss.kwargs.margin: 0.2 from the command line not used: ")
+    assert len(notes) == 1 and notes[0].startswith(f"loss.weight: 2 from {path}:4 not used: the override loss={{name: "
+                                                   "MarginLoss}")
 
 
 def test_an_empty_mapping_empties_without_a_note(tmp_path: Path) -> None:

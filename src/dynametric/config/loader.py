@@ -376,6 +376,10 @@ class _Source:
 
     where: dict[str, tuple[str, int | None]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    replaced: list[tuple[str, str, list[tuple[list[str | int], Any, tuple[str, int | None]]]]] = field(
+        default_factory=list)
+    """Per override that gave a whole mapping where a file gave one: (key, value text, the file's keys it dropped:
+    (steps, value, where set)), said once every override is applied (:func:`_note_replaced`)."""
 
     def locate(self, key: str) -> tuple[str | None, int | None]:
         probe = key
@@ -738,7 +742,7 @@ def apply_override(raw: dict[str, Any], override: str, source: _Source | None = 
             except ConfigError as exc:
                 raise ConfigError(exc.message, file=_OVERRIDE_FILE, key=key) from None
             if source is not None:
-                _note_replaced(source, key, node[step] if isinstance(step, int) else node.get(step), value, text)
+                _record_replaced(source, key, node[step] if isinstance(step, int) else node.get(step), value, text)
             node[step] = value
             break
         child = node[step] if isinstance(step, int) else node.get(step)
@@ -760,31 +764,56 @@ def apply_override(raw: dict[str, Any], override: str, source: _Source | None = 
     return raw
 
 
-def _note_replaced(source: _Source, key: str, old: Any, new: Any, text: str) -> None:
-    """The note for an override that gives a whole mapping (``trainer={seed: 3}``, ``loss.kwargs={swap: false}``)
-    where a file (or an earlier override) gave one: it replaces that mapping, as documented, and the keys only the
-    replaced mapping had are named, with their values and where they were set (config_notes)."""
-    if not isinstance(old, Mapping) or not isinstance(new, Mapping) or not new:  # {}: emptied, as plainly meant
+def _record_replaced(source: _Source, key: str, old: Any, new: Any, text: str) -> None:
+    """Before an override that gives a whole mapping (``trainer={seed: 3}``, ``loss.kwargs={swap: false}``) replaces
+    the mapping at ``key``: record the keys a file set that only the replaced mapping has, with their values and
+    where they were set (:func:`_note_replaced` says them). Keys an earlier override set are not recorded (of two
+    overrides the later wins, as documented), nor is anything when the new mapping is empty (``{}`` empties it,
+    as plainly meant)."""
+    if not isinstance(old, Mapping) or not isinstance(new, Mapping) or not new:
         return
-    dropped: list[tuple[str, Any]] = []
-    stack: list[tuple[str, Mapping[Any, Any], Mapping[Any, Any]]] = [(key, old, new)]
+    dropped: list[tuple[list[str | int], Any, tuple[str, int | None]]] = []
+    stack: list[tuple[list[str | int], Mapping[Any, Any], Mapping[Any, Any]]] = [(_key_steps(key), old, new)]
     while stack:
         at, low, high = stack.pop()
         for k, v in low.items():
+            steps = [*at, k]
             if k not in high:
-                dropped.append((f"{at}.{k}", v))
+                file, line = source.locate(_shown(steps))
+                if file is not None and file != _OVERRIDE_FILE:
+                    dropped.append((steps, v, (file, line)))
             elif isinstance(v, Mapping) and isinstance(high[k], Mapping):
-                stack.append((f"{at}.{k}", v, high[k]))
-    if not dropped:
-        return
-    dropped.sort(key=lambda item: item[0])
-    first = next((source.where[k] for k, _ in dropped if k in source.where), source.where.get(key))
-    origin = "" if first is None else (" from the command line" if first[0] == _OVERRIDE_FILE else
-                                       f" from {first[0]}" + (f":{first[1]}" if first[1] is not None else ""))
-    listed = ", ".join(f"{k}: {_short_flow(v)}" for k, v in dropped)
-    source.notes.append(f"{listed}{origin} not used: the override {key}={' '.join(text.split())} gives the whole "
-                        f"mapping, which replaces the one given before (the keys it leaves out take their "
-                        f"defaults); to change one key only, write {key}.KEY=VALUE")
+                stack.append((steps, v, high[k]))
+    if dropped:
+        source.replaced.append((key, text, dropped))
+
+
+def _note_replaced(source: _Source, before: Mapping[str, Any], raw: Mapping[str, Any]) -> None:
+    """The notes of :func:`_record_replaced`, once every override is applied: one line per override naming the keys
+    it dropped, less the options of a component whose name the command line changed (they were the other
+    component's: the rename drops them anyway, and the mapping given is the new component's)."""
+    for key, text, dropped in source.replaced:
+        kept = [(steps, value, where) for steps, value, where in dropped if not _renamed_options(steps, before, raw)]
+        if not kept:
+            continue
+        kept.sort(key=lambda item: _shown(item[0]))
+        file, line = kept[0][2]
+        listed = ", ".join(f"{_shown(steps)}: {_short_flow(value)}" for steps, value, _ in kept)
+        source.notes.append(f"{listed} from {file}" + (f":{line}" if line is not None else "") + " not used: the "
+                            f"override {key}={' '.join(text.split())} gives the whole mapping, which replaces the one "
+                            "given before (the keys it leaves out take their defaults); to change one key only, write "
+                            f"{key}.KEY=VALUE")
+
+
+def _renamed_options(steps: Sequence[str | int], before: Mapping[str, Any], raw: Mapping[str, Any]) -> bool:
+    """Whether the key ``steps`` lies in the options of a section whose name differs in ``raw`` from ``before``."""
+    for j in range(1, len(steps) + 1):
+        at, last = steps[:j - 1], steps[j - 1]
+        section = _section_at(at) if isinstance(last, str) else None
+        for name, options in named_options(section) if section is not None else ():
+            if options == last and _name_in(before, at, name) != _name_in(raw, at, name):
+                return True
+    return False
 
 
 def _short_flow(value: Any) -> str:
@@ -884,8 +913,8 @@ def _free_value(value: Any, key: str, ctx: _Ctx) -> Any:
         raise ctx.error(f"{value} is ambiguous: dynametric reads YAML 1.2, where it is the string {str(value)!r} "
                         f"(YAML 1.1 read it as {meant}); write {meant} for a boolean, or '{value}' in quotes for the "
                         "string", key)
-    if isinstance(value, (datetime.date, set, frozenset, bytes, tuple)):  # a datetime is a date too
-        tag = {set: "!!set", frozenset: "!!set", bytes: "!!binary", tuple: "!!omap or !!pairs"}.get(type(value))
+    if isinstance(value, (datetime.date, set, frozenset, bytes)):  # a datetime is a date too
+        tag = {set: "!!set", frozenset: "!!set", bytes: "!!binary"}.get(type(value))
         made = "" if tag is None else f", made by {tag} (no component takes one, nor could a run folder record it)"
         raise ctx.error(f"expected a number, a string, true/false, null, a list or a mapping, got {_describe(value)}"
                         f"{made}; write it in quotes for a string" + ("" if tag is None else ", as a list or a "
@@ -895,7 +924,7 @@ def _free_value(value: Any, key: str, ctx: _Ctx) -> Any:
             str(value)
         except ValueError:  # more digits than Python writes out: the config could be neither hashed nor saved
             raise ctx.error(f"expected a number Python can write out, got {_describe(value)}", key) from None
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):  # a tuple (Python's, or an !!omap entry): the list a run folder records
         return [_free_value(v, f"{key}[{i}]", ctx) for i, v in enumerate(value)]
     if isinstance(value, dict):
         for k in value:
@@ -1225,6 +1254,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         apply_override(raw, override, source)
     keys = [o.split("=", 1)[0].strip() for o in overrides if "=" in o]
     _drop_options_renamed_on_command_line(before, raw, keys, source)
+    _note_replaced(source, before, raw)
     return config_from_dict(raw, source=source)
 
 

@@ -209,6 +209,14 @@ class ModelConfig:
             if dim is not None and dim < 1:
                 raise ConfigError(f"expected a positive integer (a head's width) or null, got {dim}",
                                   key=f"{key}.head_dims[{i}]")
+        from dynametric.models.heads import MAX_EMBEDDING_DIM
+
+        widths = [("embedding_dim", self.embedding_dim), *((f"head_dims[{i}]", d) for i, d in
+                                                          enumerate(self.head_dims or []))]
+        for name, dim in widths:  # as build_embedder says it (torch sizes a layer with a C int)
+            if dim is not None and dim > MAX_EMBEDDING_DIM:
+                raise ConfigError(f"a head's width must be an integer from 1 to {MAX_EMBEDDING_DIM} or null, got "
+                                  f"{dim}", key=f"{key}.{name}")
 
 
 @dataclass
