@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import re
+import sys
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -43,6 +44,7 @@ from dynametric.config.schema import (
     schema_keys,
 )
 from dynametric.errors import ConfigError, first_sentence
+from dynametric.utils.arguments import short_repr
 from dynametric.utils.io import atomic_write_text
 
 # --------------------------------------------------------------------------------------------------- YAML
@@ -235,18 +237,20 @@ def _parse_yaml(text: str, file: str) -> tuple[Any, dict[str, int]]:
         raise ConfigError(f"invalid YAML: {first_sentence(exc)}", file=file) from None
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # a scalar PyYAML cannot construct
         bad = None if isinstance(exc, RecursionError) else _failing_scalar(node)
-        why = f"{type(exc).__name__}: {first_sentence(exc)}"
+        why = _why_not_built(exc)
         if bad is None:
             raise ConfigError(f"invalid YAML value ({why})", file=file) from None
-        raise ConfigError(f"invalid YAML value {bad.value!r} at column {bad.start_mark.column + 1} ({why})",
+        raise ConfigError(f"invalid YAML value {short_repr(bad.value)} at column {bad.start_mark.column + 1} ({why})",
                           file=file, line=bad.start_mark.line + 1) from None
     _check_alias_expansion(node, file)
+    data = _unshare(data)
     lines: dict[str, int] = {}
 
     def walk(n: yaml.Node | None, prefix: str) -> None:
         if isinstance(n, yaml.MappingNode):
             for k, v in n.value:
-                key = f"{prefix}.{k.value}" if prefix else str(k.value)
+                name = _key_text(k)
+                key = f"{prefix}.{name}" if prefix else name
                 if key in lines:  # PyYAML would silently keep the last value
                     raise ConfigError(f"duplicate key (first given on line {lines[key]})", file=file,
                                       line=k.start_mark.line + 1, key=key)
@@ -260,18 +264,88 @@ def _parse_yaml(text: str, file: str) -> tuple[Any, dict[str, int]]:
     return data, lines
 
 
+def _unshare(value: Any) -> Any:
+    """``value`` with every mapping and list in it a new object of its own: PyYAML gives each alias (``*name``) and
+    each ``<<: *name`` merge the very object its anchor made, so a change to one place (an override, a rename's
+    dropped options) would change the others with it. Walked without recursion; the number of values is bounded by
+    :data:`MAX_ALIAS_VALUES` (checked first)."""
+    if not isinstance(value, (dict, list)):
+        return value
+    root: Any = {} if isinstance(value, dict) else []
+    stack: list[tuple[Any, Any]] = [(value, root)]
+    while stack:
+        old, new = stack.pop()
+        items = old.items() if isinstance(old, dict) else enumerate(old)
+        for k, v in items:
+            if isinstance(v, (dict, list)):
+                child: Any = {} if isinstance(v, dict) else []
+                stack.append((v, child))
+                v = child
+            if isinstance(new, dict):
+                new[k] = v
+            else:
+                new.append(v)
+    return root
+
+
+def _key_text(node: yaml.Node) -> str:
+    """A mapping key's node as the checks spell the key (``str`` of what it loads as: ``~`` is ``None``, ``0x1`` is
+    ``1``), so that a line is found for every key, and two spellings of one key are one key (a duplicate)."""
+    if not isinstance(node, yaml.ScalarNode):
+        return str(node.value)
+    if node.tag == "tag:yaml.org,2002:str":
+        return str(node.value)
+    try:
+        return str(_Loader("").construct_object(node, deep=True))
+    except Exception:  # noqa: BLE001 - a key that does not load was refused when loading; its text then
+        return str(node.value)
+
+
 def parse_value(text: str) -> Any:
     """Parse one override value as YAML 1.2 (``3`` → 3, ``012`` → 12, ``1e-5`` → 1e-05, ``[1, 2]`` → list,
-    ``null`` → None, ``yes`` and ``1:30`` → strings); text that is not YAML is the string itself."""
+    ``null`` → None, ``yes`` and ``1:30`` → strings); text that is not YAML is the string itself, but for text that
+    starts like a YAML quoted string, list or mapping (``'a``, ``[1, 2``, ``{margin:``), and a value YAML cannot
+    build (an integer of more than 4,300 digits, an alias inside its own anchor), which are a one-line
+    :class:`ConfigError`."""
     return _plain(_parse_override(text))
 
 
+_OVERRIDE_FILE = "<command line>"
+
+
 def _parse_override(text: str) -> Any:
-    """:func:`parse_value`, keeping YAML 1.1's ``yes`` / ``no`` / ``on`` / ``off`` as :class:`_Yaml11Word`."""
+    """:func:`parse_value`, keeping YAML 1.1's ``yes`` / ``no`` / ``on`` / ``off`` as :class:`_Yaml11Word`. A
+    :class:`ConfigError` it raises names no key (the caller adds it)."""
+    if not text.strip():
+        return None
     try:
-        return yaml.load(text, Loader=_Loader) if text.strip() else None
-    except yaml.YAMLError:
-        return text
+        _check_alias_expansion(yaml.compose(text, Loader=_Loader), _OVERRIDE_FILE)
+        value = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        typed = text.strip()
+        if not typed.startswith(("'", '"', "[", "{")):  # not meant as YAML: the text itself
+            return text
+        problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or first_sentence(exc)
+        what = "quoted string" if typed[0] in "'\"" else "list" if typed[0] == "[" else "mapping"
+        hint = ("; on a shell command line put the whole KEY=VALUE in quotes, as in 'loss.kwargs={margin: 0.1}' (a "
+                "space splits it into two words); text that starts with [ or { goes in YAML quotes: KEY=\"'[text'\""
+                if typed[0] in "[{" else "; close the quote, or write the text without quotes")
+        raise ConfigError(f"invalid YAML: {short_repr(typed)} starts a {what} that does not parse ({problem})"
+                          f"{hint}") from None
+    except ConfigError as exc:  # an alias inside its own anchor, or one that expands too far
+        raise ConfigError(exc.message) from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # a scalar PyYAML cannot build
+        raise ConfigError(f"invalid YAML value ({_why_not_built(exc)})") from None
+    return _unshare(value)
+
+
+def _why_not_built(exc: BaseException) -> str:
+    """Why PyYAML could not build a value, in a few words: an integer longer than Python reads, else the error."""
+    if isinstance(exc, ValueError) and "integer string conversion" in str(exc):
+        return f"an integer of more than {sys.get_int_max_str_digits():,} digits, the most Python reads"
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return f"{type(exc).__name__}: {first_sentence(exc)}"
 
 
 def _plain(value: Any) -> Any:
@@ -302,6 +376,10 @@ class _Source:
 
     where: dict[str, tuple[str, int | None]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    replaced: list[tuple[str, str, list[tuple[list[str | int], Any, tuple[str, int | None]]]]] = field(
+        default_factory=list)
+    """Per override that gave a whole mapping where a file gave one: (key, value text, the file's keys it dropped:
+    (steps, value, where set)), said once every override is applied (:func:`_note_replaced`)."""
 
     def locate(self, key: str) -> tuple[str | None, int | None]:
         probe = key
@@ -320,6 +398,9 @@ def _not_a_file(path: Path, named: bool = False) -> str:
     """Why ``path`` cannot be read as a config file (``named``: the message names it)."""
     if path.is_dir():
         return f"{path} is a folder, not a YAML config file" if named else "is a folder, not a YAML config file"
+    if path.exists():  # a device (/dev/null), a pipe, a socket: read as a file, a pipe could wait forever
+        what = "is not a regular file (a device, a pipe or a socket), not a YAML config file: save the config to a file"
+        return f"{path} {what}" if named else what
     hint = ""
     if "configs" in path.parts[:-1]:
         hint = ("; the protocol configs under configs/ are files of the repository checkout, not installed with the "
@@ -656,7 +737,13 @@ def apply_override(raw: dict[str, Any], override: str, source: _Source | None = 
             raise ConfigError(f"cannot set {key!r}: '{_shown(steps[:i])}' is a value, not a section",
                               file="<command line>", key=key)
         if last:
-            node[step] = _override_value(text, _type_at(steps))
+            try:
+                value = _override_value(text, _type_at(steps))
+            except ConfigError as exc:
+                raise ConfigError(exc.message, file=_OVERRIDE_FILE, key=key) from None
+            if source is not None:
+                _record_replaced(source, key, node[step] if isinstance(step, int) else node.get(step), value, text)
+            node[step] = value
             break
         child = node[step] if isinstance(step, int) else node.get(step)
         if isinstance(steps[i + 1], int):  # indexing into it: it must be a list already
@@ -675,6 +762,69 @@ def apply_override(raw: dict[str, Any], override: str, source: _Source | None = 
             del source.where[known]  # replaced by this value: no longer set where the file set them
         source.where[key] = ("<command line>", None)
     return raw
+
+
+def _record_replaced(source: _Source, key: str, old: Any, new: Any, text: str) -> None:
+    """Before an override that gives a whole mapping (``trainer={seed: 3}``, ``loss.kwargs={swap: false}``) replaces
+    the mapping at ``key``: record the keys a file set that only the replaced mapping has, with their values and
+    where they were set (:func:`_note_replaced` says them). Keys an earlier override set are not recorded (of two
+    overrides the later wins, as documented), nor is anything when the new mapping is empty (``{}`` empties it,
+    as plainly meant)."""
+    if not isinstance(old, Mapping) or not isinstance(new, Mapping) or not new:
+        return
+    dropped: list[tuple[list[str | int], Any, tuple[str, int | None]]] = []
+    stack: list[tuple[list[str | int], Mapping[Any, Any], Mapping[Any, Any]]] = [(_key_steps(key), old, new)]
+    while stack:
+        at, low, high = stack.pop()
+        for k, v in low.items():
+            steps = [*at, k]
+            if k not in high:
+                file, line = source.locate(_shown(steps))
+                if file is not None and file != _OVERRIDE_FILE:
+                    dropped.append((steps, v, (file, line)))
+            elif isinstance(v, Mapping) and isinstance(high[k], Mapping):
+                stack.append((steps, v, high[k]))
+    if dropped:
+        source.replaced.append((key, text, dropped))
+
+
+def _note_replaced(source: _Source, before: Mapping[str, Any], raw: Mapping[str, Any]) -> None:
+    """The notes of :func:`_record_replaced`, once every override is applied: one line per override naming the keys
+    it dropped, less the options of a component whose name the command line changed (they were the other
+    component's: the rename drops them anyway, and the mapping given is the new component's)."""
+    for key, text, dropped in source.replaced:
+        kept = [(steps, value, where) for steps, value, where in dropped if not _renamed_options(steps, before, raw)]
+        if not kept:
+            continue
+        kept.sort(key=lambda item: _shown(item[0]))
+        file, line = kept[0][2]
+        listed = ", ".join(f"{_shown(steps)}: {_short_flow(value)}" for steps, value, _ in kept)
+        source.notes.append(f"{listed} from {file}" + (f":{line}" if line is not None else "") + " not used: the "
+                            f"override {key}={' '.join(text.split())} gives the whole mapping, which replaces the one "
+                            "given before (the keys it leaves out take their defaults); to change one key only, write "
+                            f"{key}.KEY=VALUE")
+
+
+def _renamed_options(steps: Sequence[str | int], before: Mapping[str, Any], raw: Mapping[str, Any]) -> bool:
+    """Whether the key ``steps`` lies in the options of a section whose name differs in ``raw`` from ``before``."""
+    for j in range(1, len(steps) + 1):
+        at, last = steps[:j - 1], steps[j - 1]
+        section = _section_at(at) if isinstance(last, str) else None
+        for name, options in named_options(section) if section is not None else ():
+            if options == last and _name_in(before, at, name) != _name_in(raw, at, name):
+                return True
+    return False
+
+
+def _short_flow(value: Any) -> str:
+    """``value`` in YAML's one-line form, at most 60 characters."""
+    try:
+        text = _flow(value)
+    except (yaml.YAMLError, ValueError, TypeError):
+        text = short_repr(value)
+    if text.endswith("\n..."):  # a plain scalar's document end marker
+        text = text[:-4].strip()
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # --------------------------------------------------------------------------------------------------- typing
@@ -701,7 +851,7 @@ def _type_name(tp: Any) -> str:
 
 
 def _describe(value: Any) -> str:
-    text = repr(str(value) if isinstance(value, _Yaml11Word) else value)
+    text = short_repr(str(value) if isinstance(value, _Yaml11Word) else value)
     if len(text) > 60:
         text = text[:57] + "..."
     return f"{text} ({'str' if isinstance(value, str) else type(value).__name__})"
@@ -736,7 +886,21 @@ def _reading_hint(value: Any, tp: Any) -> str:
                     "is meant")
     if str in kinds and isinstance(value, (bool, int, float, datetime.date)):
         return "; write it in quotes for a string"
+    if isinstance(value, str) and _wants_mapping(tp):
+        match = re.match(r"^\s*([^\s:#][^\s:]*):(\S.*)$", value)
+        if match:
+            return (f"; a YAML mapping needs a space after ':' (write {match.group(1)}: {match.group(2)} on its own "
+                    "line under the key)")
     return ""
+
+
+def _wants_mapping(tp: Any) -> bool:
+    """Whether the schema type ``tp`` takes a mapping (a section, or a free-form one)."""
+    if dataclasses.is_dataclass(tp) or typing.get_origin(tp) is dict:
+        return True
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return any(_wants_mapping(a) for a in typing.get_args(tp))
+    return False
 
 
 def _free_value(value: Any, key: str, ctx: _Ctx) -> Any:
@@ -749,14 +913,31 @@ def _free_value(value: Any, key: str, ctx: _Ctx) -> Any:
         raise ctx.error(f"{value} is ambiguous: dynametric reads YAML 1.2, where it is the string {str(value)!r} "
                         f"(YAML 1.1 read it as {meant}); write {meant} for a boolean, or '{value}' in quotes for the "
                         "string", key)
-    if isinstance(value, datetime.date):  # a datetime is a date too
-        raise ctx.error(f"expected a number, a string, true/false, null, a list or a mapping, got {_describe(value)}; "
-                        "write it in quotes for a string", key)
-    if isinstance(value, list):
+    if isinstance(value, (datetime.date, set, frozenset, bytes)):  # a datetime is a date too
+        tag = {set: "!!set", frozenset: "!!set", bytes: "!!binary"}.get(type(value))
+        made = "" if tag is None else f", made by {tag} (no component takes one, nor could a run folder record it)"
+        raise ctx.error(f"expected a number, a string, true/false, null, a list or a mapping, got {_describe(value)}"
+                        f"{made}; write it in quotes for a string" + ("" if tag is None else ", as a list or a "
+                                                                      "mapping for several values"), key)
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            str(value)
+        except ValueError:  # more digits than Python writes out: the config could be neither hashed nor saved
+            raise ctx.error(f"expected a number Python can write out, got {_describe(value)}", key) from None
+    if isinstance(value, (list, tuple)):  # a tuple (Python's, or an !!omap entry): the list a run folder records
         return [_free_value(v, f"{key}[{i}]", ctx) for i, v in enumerate(value)]
     if isinstance(value, dict):
+        for k in value:
+            if not isinstance(k, str):
+                raise ctx.error(f"expected string keys, got {_describe(k)}; write a key in quotes for a name", key)
         return {_plain(k): _free_value(v, f"{key}.{k}", ctx) for k, v in value.items()}
     return value
+
+
+def _printable(key: str) -> str:
+    """``key`` with each character that is not printable (a line break, a tab from a quoted key) escaped as Python
+    writes it in a string (``\\n``), so that the error stays on one line."""
+    return key if key.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in key)
 
 
 class _Ctx:
@@ -765,7 +946,7 @@ class _Ctx:
 
     def error(self, message: str, key: str) -> ConfigError:
         file, line = self.source.locate(key)
-        return ConfigError(message, file=file, line=line, key=key)
+        return ConfigError(message, file=file, line=line, key=_printable(key))
 
 
 class _NamedKeyCtx(_Ctx):
@@ -782,10 +963,37 @@ def parse_option_value(text: str, key: str) -> Any:
     """One value of a component's free-form options given outside a config (``data inspect --option KEY=VALUE``),
     read as a ``data.options.KEY=VALUE`` override reads it: YAML 1.2, and a plain ``yes`` / ``no`` / ``on`` /
     ``off`` refused as ambiguous (:func:`_free_value`), the error keyed ``key``."""
-    return _free_value(_parse_override(text), key, _NamedKeyCtx())
+    try:
+        value = _parse_override(text)
+    except ConfigError as exc:
+        raise ConfigError(exc.message, key=key) from None
+    return _free_value(value, key, _NamedKeyCtx())
 
 
 _NO_MATCH = object()
+
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+"""The range of every integer key of the schema (a 64-bit integer), checked after the key's own check (a positive
+count, a seed's range) so that its message comes first: a larger one loaded, then failed where torch, numpy or
+Python's ``len`` took it (an OverflowError traceback), or when the config was hashed or saved (an integer of more
+than 4,300 digits cannot be written out)."""
+
+
+def _int_range_error(value: int, key: str, ctx: _Ctx) -> ConfigError:
+    return ctx.error(f"expected an integer from -2**63 to 2**63 - 1 (what torch, numpy and Python's sizes hold), got "
+                     f"{_describe(value)}", key)
+
+
+def _check_int_range(obj: Any, prefix: str, ctx: _Ctx) -> None:
+    """Every integer of the section ``obj``'s own keys (and of its lists of integers) in :data:`INT_MIN` ..
+    :data:`INT_MAX`, else the error keyed by its dotted key; free-form mappings are the components' to check."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+        for i, item in items:
+            if isinstance(item, int) and not isinstance(item, bool) and not INT_MIN <= item <= INT_MAX:
+                raise _int_range_error(item, key if i is None else f"{key}[{i}]", ctx)
 
 
 def _coerce(value: Any, tp: Any, key: str, ctx: _Ctx) -> Any:
@@ -827,7 +1035,11 @@ def _try_coerce(value: Any, tp: Any, key: str, ctx: _Ctx) -> Any:
     if tp is bool:
         return value if isinstance(value, bool) else _NO_MATCH
     if tp is int:
-        return value if isinstance(value, int) and not isinstance(value, bool) else _NO_MATCH
+        if not isinstance(value, int) or isinstance(value, bool):
+            return _NO_MATCH
+        if value.bit_length() > 3 * sys.get_int_max_str_digits():  # too long for the checks to write in a message
+            raise _int_range_error(value, key, ctx)
+        return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return _NO_MATCH
@@ -877,8 +1089,11 @@ def _build(cls: type, raw: Mapping[str, Any], prefix: str, ctx: _Ctx) -> Any:
     kwargs: dict[str, Any] = {}
     for name, value in raw.items():
         key = f"{prefix}.{name}" if prefix else str(name)
-        if not isinstance(name, str) or name not in names:
-            raise _unknown_key_error(cls, str(name), key, ctx)
+        if not isinstance(name, str):
+            raise ctx.error(f"expected a key name, got {_describe(name)}; valid keys here: "
+                            f"{', '.join(f.name for f in dataclasses.fields(cls))}", key)
+        if name not in names:
+            raise _unknown_key_error(cls, name, key, ctx)
         kwargs[name] = _coerce(value, hints[name], key, ctx)
     for f in dataclasses.fields(cls):
         if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
@@ -893,6 +1108,7 @@ def _build(cls: type, raw: Mapping[str, Any], prefix: str, ctx: _Ctx) -> Any:
             if exc.file is None and exc.key is not None:
                 raise ctx.error(exc.message, exc.key) from None
             raise
+    _check_int_range(obj, prefix, ctx)
     return obj
 
 
@@ -1038,6 +1254,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         apply_override(raw, override, source)
     keys = [o.split("=", 1)[0].strip() for o in overrides if "=" in o]
     _drop_options_renamed_on_command_line(before, raw, keys, source)
+    _note_replaced(source, before, raw)
     return config_from_dict(raw, source=source)
 
 

@@ -12,6 +12,7 @@ import difflib
 import functools
 import math
 import typing
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any, Literal
 
 from dynametric import evaluation_defaults
 from dynametric.errors import ConfigError, InputError
+from dynametric.utils.arguments import short_repr
 from dynametric.utils.seeds import check_seed
 
 # --------------------------------------------------------------------------------------------------- schema
@@ -199,10 +201,22 @@ class ModelConfig:
             if value is not None and len(value) != self.num_heads:
                 raise ConfigError(f"expected {self.num_heads} entries (num_heads), got {len(value)}",
                                   key=f"{key}.{name}")
+        if self.head_names is not None:
+            from dynametric.models.embedder import check_head_names
+
+            check_head_names(self.head_names, f"{key}.head_names")
         for i, dim in enumerate(self.head_dims or []):
             if dim is not None and dim < 1:
                 raise ConfigError(f"expected a positive integer (a head's width) or null, got {dim}",
                                   key=f"{key}.head_dims[{i}]")
+        from dynametric.models.heads import MAX_EMBEDDING_DIM
+
+        widths = [("embedding_dim", self.embedding_dim), *((f"head_dims[{i}]", d) for i, d in
+                                                          enumerate(self.head_dims or []))]
+        for name, dim in widths:  # as build_embedder says it (torch sizes a layer with a C int)
+            if dim is not None and dim > MAX_EMBEDDING_DIM:
+                raise ConfigError(f"a head's width must be an integer from 1 to {MAX_EMBEDDING_DIM} or null, got "
+                                  f"{dim}", key=f"{key}.{name}")
 
 
 @dataclass
@@ -247,8 +261,9 @@ class LossConfig:
         if self.scale_weights is not None:
             if not self.multiscale:
                 raise ConfigError("scale_weights needs multiscale: true", key=f"{key}.scale_weights")
-            if any(w < 0 for w in self.scale_weights) or not any(w > 0 for w in self.scale_weights):
-                raise ConfigError(f"expected non-negative weights, not all zero, got {self.scale_weights}",
+            if (not all(math.isfinite(w) and w >= 0 for w in self.scale_weights)
+                    or not any(w > 0 for w in self.scale_weights)):
+                raise ConfigError(f"expected finite non-negative weights, not all zero, got {self.scale_weights}",
                                   key=f"{key}.scale_weights")
 
 
@@ -520,6 +535,7 @@ class TrainerConfig:
             if getattr(self, name) is not None:
                 _positive(getattr(self, name), f"{key}.{name}")
         check_seed(self.seed, f"{key}.seed")
+        _check_devices(self.devices, f"{key}.devices")
         self.precision = check_precision(self.precision, f"{key}.precision")
         self.accelerator = check_accelerator(self.accelerator, f"{key}.accelerator")
         self.strategy = check_strategy(self.strategy, f"{key}.strategy")
@@ -602,6 +618,8 @@ class RunConfig:
         from dynametric.utils.logger_registry import logger_names
         from dynametric.utils.registry import with_import_hint
 
+        if self.name is not None:
+            _check_run_name(self.name, f"{key}.name")
         names = logger_names()  # the live registry: a user's module may have added a logger (docs/extending.md)
         if self.logger not in names:
             raise ConfigError(with_import_hint(f"unknown logger {self.logger!r}" + (
@@ -794,6 +812,39 @@ def _finite_non_negative(value: float, key: str, what: str) -> None:
 def _non_negative(value: int, key: str) -> None:
     if value < 0:
         raise ConfigError(f"expected a non-negative integer, got {value}", key=key)
+
+
+MAX_DEVICES = 2**16
+"""The most processes ``trainer.devices`` may start on one machine (a number, or its text): Lightning makes a list
+of that many devices before it checks them, so ``trainer.devices: 9223372036854775807`` ran out of memory (or, past
+2**63, raised an OverflowError traceback) instead of saying the number is too large."""
+
+
+def _check_devices(devices: int | str | list[int], key: str) -> None:
+    count = devices if isinstance(devices, int) else len(devices) if isinstance(devices, list) else None
+    text = devices.strip() if isinstance(devices, str) else ""
+    if text.isascii() and text.isdigit():
+        count = int(text) if len(text) <= 20 else MAX_DEVICES + 1
+    if count is not None and count > MAX_DEVICES:
+        raise ConfigError(f"expected at most {MAX_DEVICES} processes on one machine (devices: a number of GPUs or CPU "
+                          f"processes, -1, auto or a list of GPU ids), got {short_repr(devices)}", key=key)
+
+
+def _check_run_name(name: str, key: str) -> None:
+    """``run.name`` names a folder: not empty (null, or no key, is the default name), not ``.`` or ``..`` (the
+    output folder itself, or the one above it), and on one line, without control characters (a YAML block scalar
+    ``|`` ends in a line break)."""
+    if not name.strip():
+        raise ConfigError(f"expected a folder name, got {name!r}; leave run.name out (or null) for the default name "
+                          "(the time and the config's hash)", key=key)
+    if name in (".", ".."):
+        which = "run.output_dir itself" if name == "." else "the folder above run.output_dir"
+        raise ConfigError(f"expected a folder name, got {name!r}, which names {which}", key=key)
+    bad = next((c for c in name if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+    if bad is not None:
+        raise ConfigError(f"expected a folder name on one line, got {short_repr(name)}, which holds the character "
+                          f"U+{ord(bad):04X} (a line break or another control character); a YAML block scalar (|, >) "
+                          "ends in a line break: write the name on the key's line", key=key)
 
 
 def _known_name(name: str, module: str, registry: str, kind: str, key: str) -> None:

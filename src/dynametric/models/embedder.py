@@ -14,6 +14,7 @@ For optimiser groups the model exposes ``.backbone`` (a :class:`~dynametric.mode
 
 from __future__ import annotations
 
+import functools
 import logging
 import pickle
 import re
@@ -41,6 +42,36 @@ def default_head_names(num_heads: int) -> tuple[str, ...]:
     if num_heads == 2:
         return DEFAULT_TWO_HEAD_NAMES
     return tuple(f"head{i}" for i in range(num_heads))
+
+
+@functools.cache
+def _module_dict_attributes() -> frozenset[str]:
+    return frozenset(dir(nn.ModuleDict()))
+
+
+def check_head_names(names: Sequence[str], key: str = "model.head_names") -> None:
+    """Each head's name keys a submodule (torch's ``nn.ModuleDict``) and the model's output: not empty, without a
+    ``.``, not an attribute torch's ``ModuleDict`` already has (``training``, ``keys``, ...), not ``concat`` (all
+    heads together, for the evaluation and a loss's ``head``), each once; else a one-line :class:`ConfigError`
+    keyed ``<key>[i]`` (was torch's KeyError traceback when the model was built)."""
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        where = f"{key}[{i}]"
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"expected a head name (a non-empty string), got {name!r}", key=where)
+        if "." in name:
+            raise ConfigError(f"expected a head name without '.' (torch joins submodule names with it), got {name!r}",
+                              key=where)
+        if name == "concat":
+            raise ConfigError("'concat' names all heads together (the concatenated embedding a loss's head or "
+                              "eval.heads can choose); name this head otherwise", key=where)
+        if name in _module_dict_attributes():
+            raise ConfigError(f"{name!r} is an attribute of torch's ModuleDict, which holds the heads; name this head "
+                              "otherwise", key=where)
+        if name in seen:
+            raise ConfigError(f"head {name!r} is named twice ({key}[{seen[name]}] and [{i}]): each head needs its own "
+                              "name", key=where)
+        seen[name] = i
 
 
 def _batchnorm_modules(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -435,6 +466,7 @@ def build_embedder(backbone: str = "resnet18", pretrained: bool = False, pretrai
         raise ConfigError("set either pretrained=true (download) or pretrained_path (local file), not both",
                           key="model.pretrained_path")
     names = tuple(head_names) if head_names is not None else default_head_names(num_heads)
+    check_head_names(names)
     if len(names) != num_heads or len(set(names)) != num_heads:
         raise ConfigError(f"head_names must be {num_heads} distinct names, got {list(names)}", key="model.head_names")
     dims = list(head_dims) if head_dims is not None else [embedding_dim] * num_heads
