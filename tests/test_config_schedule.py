@@ -230,6 +230,49 @@ def test_one_class_per_batch_is_allowed_for_losses_against_class_weights(overrid
     assert cfg.data.batch_size // cfg.data.m == 1
 
 
+# ------------------------------------------------------------------------------------- one image per class
+@pytest.mark.parametrize("overrides, named", [
+    (["data.m=1"], "loss TripletMarginLoss compares the batch's embeddings with each other"),
+    (["data.m=1", "data.batch_size=8", "loss.name=MarginLoss", "miner.name=DistanceWeightedMiner"],
+     "loss's miner DistanceWeightedMiner mines pairs of the batch"),
+    (["data.m=1", "data.sampler_scale=1", "loss.kwargs.scale=1"],
+     "loss TripletMarginLoss compares the batch's embeddings with each other"),
+    (["data.m=1", "loss.name=ProxyAnchorLoss", "extra_losses=[{name: ContrastiveLoss}]"],
+     "extra_losses[0] ContrastiveLoss compares the batch's embeddings with each other"),
+    pml_case(["data.m=1", "loss.name=pml:ContrastiveLoss"], "loss pml:ContrastiveLoss compares the batch's "
+                                                            "embeddings with each other"),
+])
+def test_one_image_per_class_is_refused_for_terms_that_compare_the_batch_at_the_sampled_column(overrides,
+                                                                                               named) -> None:
+    """data.m 1: each class once per batch, no positive pair for a term at the sampled column: PDDM's run trained
+    at loss 0.0 every step (the trained metrics moved by weight decay only), accepted without a word."""
+    err = _refused(overrides)
+    column = 1 if "data.sampler_scale=1" in overrides else 0
+    assert (err.key, str(err)) == ("data.m", (
+        f"<command line> key 'data.m': data.m 1 puts one image of each class (label column {column}) in a batch: "
+        f"{named}, and without a positive pair (two images of one class) it would train on nothing; expected "
+        "data.m >= 2"))
+
+
+@pytest.mark.parametrize("overrides", [
+    ["loss.multiscale=true"],  # the coarser scales' copies have positive pairs
+    ["loss.kwargs.scale=1"],  # middle classes repeat in a batch of distinct fine classes
+    ["loss.kwargs.scale=-1"],  # counted from the data's last scale: not known here
+    ["loss.name=CSLLoss"],  # reads every column
+    ["loss.name=ProxyAnchorLoss"],  # against class weights
+    ["data.sampler=three_scale", "data.batch_size=12"],  # its m is per scale chunk: its own checks
+])
+def test_one_image_per_class_is_allowed_where_the_term_has_positives(overrides) -> None:
+    assert load_config(overrides=["data.m=1", *overrides]).data.m == 1
+
+
+def test_one_image_per_class_of_the_pddm_config_is_refused() -> None:
+    config = Path(__file__).resolve().parents[1] / "configs" / "pddm" / "synthetic.yaml"
+    with pytest.raises(ConfigError, match=r"key 'data.m': data.m 1 puts one image of each class \(label column 0\) "
+                                          r"in a batch: loss PDDMLoss compares"):
+        load_config(config, ["data.m=1"])
+
+
 def test_an_extra_term_that_compares_the_batch_is_named() -> None:
     err = _refused(["data.batch_size=16", "data.m=16", "loss.name=ProxyAnchorLoss",
                     "extra_losses=[{name: MarginLoss}]"])

@@ -764,8 +764,8 @@ def _tiny_data(tmp_path: Path, fmt: str) -> Path:
 ])
 def test_training_or_validating_on_a_test_split_is_refused(tmp_path, capsys, fmt, argv, expected) -> None:
     root = _tiny_data(tmp_path, fmt)
-    args = ["--config", str(_cfg(tmp_path)), f"data.format={fmt}", "data.options={}", "data.batch_size=2",
-            "data.m=1", "data.transform=small", *argv]
+    args = ["--config", str(_cfg(tmp_path)), f"data.format={fmt}", "data.options={}", "data.batch_size=4",
+            "data.m=2", "data.transform=small", *argv]
     assert expected in _dry(capsys, *args, f"data.root={root}")
     assert expected in _dry(capsys, *args, f"data.root={tmp_path / 'absent'}")  # the names alone, without data
     out = tmp_path / "run"
@@ -814,7 +814,7 @@ def test_an_image_file_in_training_or_validation_and_test_data_is_refused(tmp_pa
                                                                           expected) -> None:
     root = _csv(tmp_path, rows)
     args = ["--config", str(_cfg(tmp_path)), "data.format=csv", f"data.root={root}", "data.options={}",
-            "data.batch_size=2", "data.m=1", "data.transform=small", *argv]
+            "data.batch_size=4", "data.m=2", "data.transform=small", *argv]
     assert expected.format(root=root.resolve()) in _dry(capsys, *args)
     out = tmp_path / "run"
     assert main(["train", *args, "--out", str(out), "--no-progress"]) == 2
@@ -828,7 +828,7 @@ def test_classes_shared_by_training_and_held_out_data_are_warned_about(tmp_path,
                       ("imgs/x3.png", "test", "x")]
     root = _csv(tmp_path, rows)
     args = ["--config", str(_cfg(tmp_path)), "data.format=csv", f"data.root={root}", "data.options={}",
-            "data.batch_size=2", "data.m=1", "data.transform=small"]
+            "data.batch_size=4", "data.m=2", "data.transform=small"]
     assert main(["train", "--dry-run", *args]) == 0
     warned = [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning:")]
     tail = ": the protocols hold out whole classes (docs/data.md), so results on a shared class do not measure " \

@@ -1030,3 +1030,17 @@ def test_wall_time_counts_the_report_and_missing_values_show_as_a_dash(tmp_path,
     html = metrics_table({"untrained": {"fine": {"map@r": 0.5}}, "test": {"fine": {"map@r": float("nan")}}},
                          ["fine"])
     assert "<td>0.5000</td><td>-</td><td>-</td>" in html and "nan" not in html
+
+
+@pytest.mark.parametrize("words, rest, before", [
+    (["loss.kwargs={margin:", "0.1}"], "0.1}", "loss.kwargs={margin:"),
+    (["trainer.max_epochs=", "3"], "3", "trainer.max_epochs="),
+])
+def test_an_override_the_shell_split_at_a_space_says_to_quote_it(capsys, words, rest, before):
+    """An unquoted `loss.kwargs={margin: 0.1}` reaches the command as two words: the second was refused as
+    `expected KEY=VALUE, got '0.1}'`, with no word of why."""
+    assert main(["train", "--dry-run", *words]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"dynametric train: error: key '{rest}': expected KEY=VALUE, got '{rest}'; if it is the rest of {before!r}, "
+        f"the shell split that override at a space: quote the whole of it, '{before} {rest}'")
+    assert main(["train", "--dry-run", f"{before} {rest}", "trainer.max_epochs=1"]) == 0

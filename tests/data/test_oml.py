@@ -424,7 +424,7 @@ def test_train_and_held_out_rows_of_one_file_with_other_boxes_are_other_items(tm
             "2,img/a0.png,validation,True,True,cat,10,20,0,12", "2,img/c1.png,validation,True,True,cat,0,10,0,12"]
     write_oml(tmp_path, rows)
     args = ["train", "--dry-run", "data.format=oml", f"data.root={tmp_path}", "data.image_size=8",
-            "data.batch_size=2", "data.m=1", "model.backbone=simple_cnn", "model.embedding_dim=8",
+            "data.batch_size=4", "data.m=2", "model.backbone=simple_cnn", "model.embedding_dim=8",
             "eval.protocol=query_gallery", "eval.query_in_gallery=true",
             "data.val_fraction=0"]  # 2 training classes: 0.2 of them rounds to none, refused
     assert main(args) == 0
@@ -447,7 +447,7 @@ def test_validating_on_the_oml_validation_split_names_data_val_split(tmp_path, c
             "1,img/q0.png,validation,True,True,cat,,,,", "1,img/q1.png,validation,True,True,cat,,,,"]
     write_oml(tmp_path, rows)
     assert main(["train", "--dry-run", "data.format=oml", f"data.root={tmp_path}", "data.image_size=8",
-                 "data.batch_size=2", "data.m=1", "model.backbone=simple_cnn", "model.embedding_dim=8",
+                 "data.batch_size=4", "data.m=2", "model.backbone=simple_cnn", "model.embedding_dim=8",
                  "eval.protocol=query_gallery", "eval.query_in_gallery=true", "data.val_split=validation"]) == 2
     assert capsys.readouterr().err.strip() == (
         "dynametric train: error: <command line> key 'data.val_split': the validation split 'validation' "

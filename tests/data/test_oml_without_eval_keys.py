@@ -27,4 +27,4 @@ def test_the_suggested_keys_pass_the_dry_run(tmp_path: Path, capsys: pytest.Capt
     csv = write_oml(tmp_path, ROWS)
     for keys in (["eval.protocol=query_gallery", "eval.query_in_gallery=true"], ["data.test_split=validation"]):
         assert main(["train", "--dry-run", "data.format=oml", f"data.root={csv}",
-                     "data.batch_size=2", "data.m=1", *keys]) == 0, capsys.readouterr().err
+                     "data.batch_size=4", "data.m=2", *keys]) == 0, capsys.readouterr().err

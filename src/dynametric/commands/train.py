@@ -62,9 +62,13 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"{cfg_path} not found: is {args.resume} a dynametric run folder?", key="--resume")
         cfg = load_config(cfg_path)
     else:
-        for item in args.overrides:
+        for i, item in enumerate(args.overrides):
             if "=" not in item:
-                raise ConfigError(f"expected KEY=VALUE, got {item!r}", key=item)
+                before = args.overrides[i - 1] if i else None
+                # `loss.kwargs={margin: 0.1}` or `trainer.max_epochs= 3` unquoted: the shell split it at the space
+                hint = (f"; if it is the rest of {before!r}, the shell split that override at a space: quote the "
+                        f"whole of it, '{before} {item}'" if before is not None and "=" in before else "")
+                raise ConfigError(f"expected KEY=VALUE, got {item!r}{hint}", key=item)
         cfg = load_config(args.config if args.config is not None else DEFAULT_RUN_CONFIG, args.overrides)
         # the modules of dynametric --import MODULE join the run's imports (recorded in its config.yaml), so the run
         # folder is self-contained: evaluate --checkpoint, embed, export, train --resume import them from it
