@@ -292,6 +292,7 @@ def part_a_big(cfg: dict, device: torch.device) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- (b) losses
 def part_b(cfg: dict, device: torch.device) -> list[dict[str, Any]]:
+    from distance_precision import VARIANTS as DISTANCE_VARIANTS
     from loss_speed import CASES, PROXY_CASES, _proxy_pair
 
     rows = []
@@ -324,7 +325,14 @@ def part_b(cfg: dict, device: torch.device) -> list[dict[str, Any]]:
             if run_pml:
                 t_p.append(once(theirs))
         o, p = statistics.median(t_o) * 1e3, (statistics.median(t_p) * 1e3 if t_p else float("nan"))
-        rows.append({"loss": name, "ours_ms": o, "pml_ms": p, "speedup": p / o if t_p else float("nan")})
+        row = {"loss": name, "ours_ms": o, "pml_ms": p, "speedup": p / o if t_p else float("nan")}
+        if name in ("ContrastiveLoss", "TripletMarginLoss"):
+            # the same loss on torch.cdist's two Euclidean paths (docs/losses.md, *Euclidean distances: precision*)
+            for variant in ("mm", "exact"):
+                other = ours_cls(distance=DISTANCE_VARIANTS[variant]()).to(device)
+                once(other)
+                row[f"cdist_{variant}_ms"] = statistics.median(once(other) for _ in range(cfg["loss_rounds"])) * 1e3
+        rows.append(row)
     return rows
 
 
@@ -688,6 +696,11 @@ def markdown(res: dict[str, Any], command: str) -> str:
                   "| loss | dynametric ms | PML ms | PML / dynametric |", "|---|---:|---:|---:|"]
         lines += [f"| {r['loss']} | {r['ours_ms']:.2f} | {_f(r['pml_ms'])} | {_f(r['speedup'])}x |" for r in res["b"]]
         lines.append("")
+        cdist_lines = [f"`{r['loss']}` on the distance matrix of `torch.cdist`'s product path (what `LpDistance` "
+                       f"computed before 2026-12-08): {r['cdist_mm_ms']:.2f} ms; of its exact kernel (one difference "
+                       f"per pair): {r['cdist_exact_ms']:.2f} ms; `LpDistance` now: {r['ours_ms']:.2f} ms."
+                       for r in res["b"] if "cdist_mm_ms" in r and "cdist_exact_ms" in r]
+        lines += [*cdist_lines, ""] if cdist_lines else []
     for part, title in (("c", "embedding JPEG files"), ("d", "training on JPEG files")):
         r = measured(res, part)
         if r:
