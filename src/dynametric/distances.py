@@ -141,12 +141,14 @@ _CDIST_EXACT_ROWS = 25
 #: ``Nq x Nr x D`` buffer is then at most 1 MiB of float32).
 _EXACT_SIZE = 2**18
 #: On the CPU, a pair whose product-path squared distance is at most ``_NEAR_EPS`` machine epsilons times
-#: ``|x - c|^2 + max_j |y_j - c|^2`` is recomputed from its difference (float32: below ~3.5 % of the centred norms).
+#: ``|x - c|^2 + |y - c|^2`` is recomputed from its difference (float32: below ~3.5 % of the centred norms).
 _NEAR_EPS = 1e4
 #: Near pairs are recomputed by gathering their rows while that takes at most this many times the memory of the
 #: distance matrix and the inputs (``count * D <= 4 (Nq Nr + (Nq + Nr) D)``; a reference set equal to the batch
 #: always fits); beyond that (e.g. a batch of equal rows) the whole matrix is computed exactly by cdist.
 _NEAR_MEMORY = 4
+#: Both sets are centred on the coordinate-wise median of this many first rows of ``q``.
+_CENTRE_ROWS = 8
 
 
 def euclidean_matrix(q: torch.Tensor, r: torch.Tensor, recompute_near: bool | None = None) -> torch.Tensor:
@@ -154,29 +156,30 @@ def euclidean_matrix(q: torch.Tensor, r: torch.Tensor, recompute_near: bool | No
 
     Up to 25 rows on both sides (as before), or up to ``Nq * Nr * D = 2^18`` (e.g. 32 x 32 rows of 256), every
     distance is computed from its difference (``torch.cdist``'s exact kernel). Above, ``torch.cdist``'s matrix
-    product ``|x|^2 + |y|^2 - 2 <x, y>`` is used (the exact kernel is up to 16x slower on a CPU, and its CUDA
+    product ``|x|^2 + |y|^2 - 2 <x, y>`` is used (the exact kernel is up to 14x slower on a CPU, and its CUDA
     backward allocates ``Nq x Nr x D`` values); its rounding error is about ``sqrt(8 eps)`` times the norms
     (float32: ~1e-3 |x|), so a distance below that is noise. Two repairs:
 
-    * both sets are first centred on a common point (the mean of the two sets' means, not differentiated: the
-      distances and their gradients do not change, the norms that the error is proportional to shrink), so a common
-      offset of the embeddings costs no precision (rows 1000 from the origin, unit spread: error 0.01, was 12).
-      No read to the host: this is all a CUDA device gets;
+    * both sets are first centred on a common point (the coordinate-wise median of the first 8 rows of ``q``, not
+      differentiated; non-finite values count as 0): the distances and their gradients do
+      not change, the norms that the error is proportional to shrink, so a common offset of the embeddings costs
+      no precision (rows 1000 from the origin, unit spread: error 0.01, was 12), and a row far off or NaN moves
+      nothing (a mean would carry it into every row). No read to the host: this is all a CUDA device gets;
     * with ``recompute_near`` (default: on the CPU only, where the count of near pairs costs no synchronisation),
-      every pair whose product distance is at most ``sqrt(1e4 eps (|x - c|^2 + max_j |y_j - c|^2))`` (float32:
+      every pair whose product distance is at most ``sqrt(1e4 eps (|x - c|^2 + |y - c|^2))`` (float32:
       ~3.5 % of the centred norms) is recomputed from its difference ``q[i] - r[j]`` (gathered rows,
       differentiable; gradient 0 at distance 0, as ``cdist``'s exact kernel), and a pair of a row with itself
       (``r is q``) is set to 0. Equal rows are then exactly 0 apart, and every other distance is within about
       ``1e-4`` relative of float64 (``k eps / (2e4 eps)`` for the product's error ``k eps |x|^2``; measured up to
-      2.5e-7). More near pairs than four times the memory of the matrix and the inputs (a batch of equal rows)
+      3e-7). More near pairs than four times the memory of the matrix and the inputs (a batch of equal rows)
       fall back to ``cdist``'s exact kernel for the whole matrix.
     """
     rows_q, rows_r, dim = q.shape[0], r.shape[0], q.shape[1]
     if max(rows_q, rows_r) <= _CDIST_EXACT_ROWS or rows_q * rows_r * dim <= _EXACT_SIZE or q.numel() == 0 \
             or r.numel() == 0:
         return torch.cdist(q, r, compute_mode="donot_use_mm_for_euclid_dist")
-    with torch.no_grad():
-        centre = q.mean(0) if r is q else (q.mean(0) + r.mean(0)) / 2
+    with torch.no_grad():  # a robust common point: one row far off (or NaN, inf) does not move it
+        centre = torch.nan_to_num(q[:_CENTRE_ROWS], nan=0.0, posinf=0.0, neginf=0.0).median(0).values
     qc = q - centre
     rc = qc if r is q else r - centre
     mat = torch.cdist(qc, rc, compute_mode="use_mm_for_euclid_dist")
@@ -184,23 +187,27 @@ def euclidean_matrix(q: torch.Tensor, r: torch.Tensor, recompute_near: bool | No
         return mat
     with torch.no_grad():
         nq = qc.pow(2).sum(1)
-        nr = (nq if r is q else rc.pow(2).sum(1)).max()
+        norms_r = nq if r is q else rc.pow(2).sum(1)
+        scale = _NEAR_EPS * torch.finfo(mat.dtype).eps
         # at least cdist's floor sqrt(1e-30), so that rows equal after centring (norm 0) count as near
-        limit = (_NEAR_EPS * torch.finfo(mat.dtype).eps * (nq + nr)).sqrt().clamp_min(1e-14)
+        limit = (scale * (nq + norms_r.max())).sqrt().clamp_min(1e-14)  # a row's largest limit
         found = mat.detach()
         if r is q:  # the diagonal is 0 (set below); find the other near pairs
             found = found.clone().fill_diagonal_(float("inf"))
-        # rows with a near pair first (a row minimum is much cheaper than a mask of the matrix and its nonzero)
-        i = j = torch.nonzero(found.amin(1) <= limit).squeeze(1)
+        # rows that may have a near pair first (a row minimum is much cheaper than a mask of the matrix and its
+        # nonzero; a NaN minimum or limit, from a non-finite row, keeps the row), then each pair of them against its
+        # own limit (one row far off does not make every pair near)
+        i = j = torch.nonzero(~(found.amin(1) > limit)).squeeze(1)
         if i.numel():
-            row_pos, j = torch.nonzero(found[i] <= limit[i, None], as_tuple=True)
+            pair_limit = (scale * (nq[i, None] + norms_r)).sqrt().clamp_min(1e-14)
+            row_pos, j = torch.nonzero(found[i] <= pair_limit, as_tuple=True)
             i = i[row_pos]
     if i.numel() * dim > _NEAR_MEMORY * (rows_q * rows_r + (rows_q + rows_r) * dim):
         return torch.cdist(q, r, compute_mode="donot_use_mm_for_euclid_dist")
     if r is q:  # the diagonal: distance 0, gradient 0 (as cdist's exact kernel gives at distance 0)
         diagonal = torch.arange(rows_q, device=q.device)
         if i.numel() == 0:
-            return mat.index_put((diagonal, diagonal), mat.new_zeros(()))
+            return torch.diagonal_scatter(mat, mat.new_zeros(rows_q))
     elif i.numel() == 0:
         return mat
     values = torch.linalg.vector_norm(q[i] - r[j], dim=1)

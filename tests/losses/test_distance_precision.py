@@ -158,6 +158,40 @@ def test_the_centred_product_alone_what_a_gpu_gets():
     assert torch.equal(euclidean_matrix(x, x.clone(), recompute_near=True), euclidean_matrix(x, x.clone()))
 
 
+@pytest.mark.parametrize("recompute_near", [None, False])
+def test_a_row_far_off_or_nan_does_not_move_the_centre(recompute_near, monkeypatch):
+    """One row of norm ~1e6, one NaN row and one inf row among unnormalised rows 100 from the origin: every other
+    pair keeps float32's precision (a mean as the centre would carry the far row into every row, and make every
+    distance NaN), and only the NaN and inf rows' own distances are non-finite, as with cdist."""
+    g = torch.Generator().manual_seed(7)
+    x = 100 + torch.randn(100, 64, generator=g)
+    x[3] = 1e6 * torch.randn(64, generator=g)
+    x[5] = float("nan")
+    x[9, 0] = float("inf")
+    x[40] = x[20]  # a near pair to find despite the far row and the NaN columns
+    calls = []
+    real = torch.cdist
+
+    def spy(a, b, *args, **kwargs):
+        calls.append(kwargs.get("compute_mode"))
+        return real(a, b, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "cdist", spy)
+    got = euclidean_matrix(x, x.clone(), recompute_near=recompute_near)
+    monkeypatch.undo()
+    assert calls == ["use_mm_for_euclid_dist"]  # no fallback to the exact kernel for the whole matrix
+    if recompute_near is None:
+        assert got[20, 40] == 0 and got[40, 20] == 0
+    bad = torch.zeros(100, dtype=torch.bool)
+    bad[[5, 9]] = True
+    assert torch.isfinite(got[~bad][:, ~bad]).all() and not torch.isfinite(got[5]).any()
+    keep = torch.ones(100, dtype=torch.bool)
+    keep[[3, 5, 9]] = False
+    want = exact64(x[keep], x[keep])
+    err = (got[keep][:, keep].double() - want).abs().max()
+    assert err < (0 if recompute_near is None else 0.05) + 1e-4 * float(want.max())
+
+
 def test_up_to_25_rows_or_small_matrices_cdist_exact_kernel():
     g = torch.Generator().manual_seed(5)
     x = torch.randn(25, 8, generator=g)
