@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from dynametric.config.schema import split_monitor
+from dynametric.distances import euclidean_matrix
 from dynametric.metrics.categories import category_count
 from dynametric.metrics.evaluate import RESULT_COUNT_KEYS
 from dynametric.utils.io import atomic_write_text
@@ -278,7 +279,7 @@ def _neighbours(emb: torch.Tensor, queries: Sequence[int], k: int, distance: str
         e = torch.nn.functional.normalize(emb, dim=1)
         score = torch.nn.functional.normalize(q, dim=1) @ e.T
     else:
-        score = -torch.cdist(q, emb)
+        score = -euclidean_matrix(q, emb)  # near pairs exact on the CPU (docs/losses.md)
     score[torch.arange(len(queries)), torch.as_tensor(list(queries))] = -float("inf")
     return score.topk(k, dim=1).indices
 
