@@ -256,12 +256,13 @@ def test_synthetic_sharing_config_builds_and_steps_through_the_engine() -> None:
 
 
 def test_alternating_loss_curve_and_learning_rates_sit_at_the_loggers_steps() -> None:
-    """Two optimizer steps per batch (p_aux = 1): global_step counts both, the loggers one per batch; the report's
-    loss curve and learning rates were filed at global_step (0, 2, 4, ... against the loggers' 0, 1, 2, ...)."""
+    """Two optimizer steps per batch (p_aux = 1): the loggers file each batch at the optimizer steps done before it
+    (0, 2, 4, ...: global_step, the axis of the validation rounds), and so do the report's loss curve and learning
+    rates (they were at the loggers' count of batches, 0, 1, 2, ..., before)."""
     torch.manual_seed(3)
     module = _alternating(1.0, "shared")
     trainer = _fit(module, torch.randn(12, 6), torch.arange(4).repeat(3), iterations=6)
-    assert trainer.global_step == 12 and module.logged_step() == 6
-    assert [step for step, _ in module.loss_history] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert trainer.global_step == 12 and module.logged_step() == 12
+    assert [step for step, _ in module.loss_history] == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
     assert {name: [step for step, _ in series] for name, series in module.lr_history.items()} == {
-        name: [0.0, 1.0, 2.0, 3.0, 4.0, 5.0] for name in module.lr_history} and module.lr_history
+        name: [0.0, 2.0, 4.0, 6.0, 8.0, 10.0] for name in module.lr_history} and module.lr_history

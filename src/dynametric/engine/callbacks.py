@@ -161,9 +161,10 @@ class ResumeState(Checkpoint):
       trained a batch yet, the restored ones).
     * On resume the sampler restarts at that epoch and batch; the RNG states are restored just before the
       first resumed training batch (after the data loader was created).
-    * ``last.ckpt`` is written every ``every_n_steps`` optimizer steps (0: never mid-epoch) and at the end of
-      every epoch (after validation); a step that ends an epoch is saved by the end-of-epoch checkpoint only, and
-      the step a run resumed at is not saved again (with gradient accumulation, inside an accumulation).
+    * ``last.ckpt`` is written every ``every_n_steps`` optimizer steps (0: never mid-epoch), after the batch whose
+      step reached or passed a multiple of it (a batch of the alternating methods can take two steps), and at the
+      end of every epoch (after validation); a step that ends an epoch is saved by the end-of-epoch checkpoint
+      only, and the step a run resumed at is not saved again (with gradient accumulation, inside an accumulation).
     * ``epoch_means`` (in every checkpoint): what the epoch means logged at the end of the epoch under way
       (``train/loss_epoch``, ``train/<term>`` and their parts: every per-batch ``self.log(..., on_epoch=True)`` of
       training) have accumulated so far, Lightning's sums and batch sizes (:func:`epoch_sums`). Lightning keeps
@@ -277,8 +278,11 @@ class ResumeState(Checkpoint):
         step = trainer.global_step
         # not after the epoch's last batch: the end-of-epoch checkpoint follows its validation, and Lightning resumes
         # a checkpoint written there as a finished epoch (a run killed while validating never validated that epoch)
-        if (self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0
-                and step != self._last_saved_step and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch):
+        # a multiple of every_n_steps reached or passed since the last save: a batch of the alternating methods takes
+        # two optimizer steps, and can step over one
+        if (self.every_n_steps > 0 and step > 0
+                and step // self.every_n_steps > max(0, self._last_saved_step) // self.every_n_steps
+                and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch):
             self._save(trainer)
 
     def _restore_means(self, trainer: L.Trainer) -> None:

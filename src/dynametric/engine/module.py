@@ -232,15 +232,37 @@ _NEVER = 2**62
 """The frequency (in epochs) of the plateau schedule as Lightning sees it: never reached, the module steps it."""
 
 
-def lr_lambda(settings: OptimSettings, total_steps: int, steps_per_epoch: int) -> Callable[[int], float]:
-    """Multiplicative LR factor per optimizer step: linear warm-up, then constant / cosine / step decay."""
+@dataclass
+class ScheduleClock:
+    """A step schedule whose position is not the optimizer steps (the alternating module: one position per
+    iteration, 1 or 2 optimizer steps) in a run that ``trainer.max_steps`` (optimizer steps) can end.
+
+    ``steps_done()``: the optimizer steps done now; ``max_steps``: the limit; ``marks``: ``{position: steps done}``
+    at the warm-up's end and the epochs' starts, filled by :func:`lr_lambda` when the position gets there (kept by
+    the caller, e.g. in its checkpoint); ``positions``: the schedule's length in positions (``max_epochs`` x the
+    iterations of an epoch), ``None`` when no epoch limit ends the run."""
+
+    steps_done: Callable[[], int]
+    max_steps: int
+    marks: dict[int, int]
+    positions: int | None
+
+
+def lr_lambda(settings: OptimSettings, total_steps: int | None, steps_per_epoch: int,
+              clock: ScheduleClock | None = None) -> Callable[[int], float]:
+    """Multiplicative LR factor per optimizer step: linear warm-up, then constant / cosine / step decay.
+
+    With a ``clock`` (:class:`ScheduleClock`) the argument is the clock's position, ``total_steps`` its length in
+    positions (``None``: unbounded), and cosine's progress is the further of the two ends the run can reach: in
+    positions, and in optimizer steps towards ``clock.max_steps`` (from the steps done when the warm-up ended), so
+    the rate is ``min_lr`` when either limit ends the run. The warm-up and the epochs count positions."""
     sched = settings.scheduler.lower()
     if sched not in _SCHEDULES:
         raise ConfigError(f"unknown scheduler {settings.scheduler!r}; expected one of {list(_SCHEDULES)}",
                           key="optim.scheduler")
     per_epoch = max(1, int(steps_per_epoch))
     warm = max(0, int(settings.warmup_steps) + int(settings.warmup_epochs) * per_epoch)
-    total = max(1, int(total_steps))
+    total = None if total_steps is None else max(1, int(total_steps))
     floor = settings.min_lr / settings.lr if settings.lr > 0 else 0.0
     milestones = sorted(int(m) for m in settings.milestones)
 
@@ -250,7 +272,16 @@ def lr_lambda(settings: OptimSettings, total_steps: int, steps_per_epoch: int) -
         epoch = step // per_epoch
         if sched == "cosine":
             at = epoch * per_epoch if settings.interval == "epoch" else step
-            t = min(1.0, max(0.0, (at - warm) / max(1, total - warm)))
+            t = 0.0 if total is None else (at - warm) / max(1, total - warm)
+            if clock is not None:
+                now = int(clock.steps_done())
+                if step in (warm, epoch * per_epoch):  # the warm-up's end, an epoch's start: kept
+                    clock.marks.setdefault(step, now)
+                # a position passed without a mark (resumed from a checkpoint of an older version): its own number,
+                # the fewest optimizer steps it can have taken
+                at_steps, start = (clock.marks.get(p, now if p == step else p) for p in (at, warm))
+                t = max(t, (at_steps - start) / max(1, int(clock.max_steps) - start))
+            t = min(1.0, max(0.0, t))
             return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
         if sched == "step":
             return settings.gamma ** (epoch // max(1, settings.step_size_epochs))
@@ -751,6 +782,12 @@ class MetricLearningModule(L.LightningModule):
         Default: none; the alternating module records its step counts and MIC's clustering history."""
         return {}
 
+    def schedule_clock(self) -> ScheduleClock | None:
+        """The :class:`ScheduleClock` of a step schedule whose position is not the optimizer steps in a run that
+        ``trainer.max_steps`` can end (the alternating module); ``None`` here: the schedule advances once per
+        optimizer step, and Lightning's ``estimated_stepping_batches`` is its length."""
+        return None
+
     def configure_optimizers(self) -> Any:
         s = self.optim_settings
         groups = self.group_builder(self.embedder, self.objectives, s)
@@ -778,7 +815,9 @@ class MetricLearningModule(L.LightningModule):
             if isinstance(n_batches, (int, float)) and math.isfinite(n_batches) and n_batches > 0:
                 # Lightning steps on an epoch's short last accumulation too: ceil(batches / accumulation) steps
                 per_epoch = max(1, -(-int(n_batches) // max(1, self.trainer.accumulate_grad_batches)))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(s, total, per_epoch))
+        clock = self.schedule_clock()
+        length: int | None = total if clock is None else clock.positions
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(s, length, per_epoch, clock))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ----------------------------------------------------------------- evaluation

@@ -176,13 +176,16 @@ class SurrogateLabeler:
 
 
 def sample_surrogate_batch(cluster_labels: torch.Tensor, clusters_per_batch: int, m: int, noise: float = 0.2,
-                           generator: torch.Generator | None = None, noise_per: str = "slot"
+                           generator: torch.Generator | None = None, noise_per: str = "slot", *,
+                           too_few: Callable[[int], ConfigError] | None = None
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One shared-step batch: ``clusters_per_batch`` distinct clusters (uniform), ``m`` images each (with replacement
     when a cluster is small). Label noise (the slot keeps its label): ``noise_per="slot"``: with probability
     ``noise`` all of a slot's images come from one uniformly random cluster; ``noise_per="image"`` (MIC's code):
     each image independently, with probability ``noise``, comes from its own uniformly random cluster. Returns
-    ``(indices [P*m], labels [P*m], noisy [P] bool)`` (``noisy[i]``: slot ``i`` has at least one replaced image)."""
+    ``(indices [P*m], labels [P*m], noisy [P] bool)`` (``noisy[i]``: slot ``i`` has at least one replaced image).
+    ``too_few(n)``: the error when ``clusters_per_batch`` exceeds the ``n`` non-empty clusters (the caller's words
+    and config key; default: one keyed ``clusters_per_batch``)."""
     if not 0.0 <= noise <= 1.0:
         raise ConfigError(f"noise must be in [0, 1], got {noise}", key="noise")
     if noise_per not in ("slot", "image"):
@@ -190,6 +193,8 @@ def sample_surrogate_batch(cluster_labels: torch.Tensor, clusters_per_batch: int
     labels = cluster_labels.long().cpu()
     present = torch.unique(labels)
     if clusters_per_batch > present.numel():
+        if too_few is not None:
+            raise too_few(int(present.numel()))
         raise ConfigError(f"clusters_per_batch={clusters_per_batch} exceeds the {present.numel()} non-empty clusters",
                           key="clusters_per_batch")
     slots = present[torch.randperm(present.numel(), generator=generator)[:clusters_per_batch]]
@@ -212,6 +217,16 @@ def sample_surrogate_batch(cluster_labels: torch.Tensor, clusters_per_batch: int
     offs = (torch.rand(clusters_per_batch, m, generator=generator) * count.unsqueeze(1)).long()
     idx = order[(start.unsqueeze(1) + offs).flatten()]
     return idx, slots.repeat_interleave(m), noisy
+
+
+def is_probability(value: Any) -> bool:
+    """A number in ``[0, 1]``: an int or float, not a bool (``true`` in a config is no probability), not NaN."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= float(value) <= 1.0
+
+
+def integer(value: Any) -> bool:
+    """An int, not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass
@@ -239,16 +254,16 @@ class MICSettings:
         out = cls(**dict(kwargs))
         checks = [
             ("combination", out.combination in ("alternating", "summed"), "'alternating' or 'summed'"),
-            ("p_aux", 0.0 <= float(out.p_aux) <= 1.0, "a probability in [0, 1]"),
+            ("p_aux", is_probability(out.p_aux), "a probability in [0, 1]"),
             ("adv_step", out.adv_step in ("shared", "class", "both"), "'shared', 'class' or 'both'"),
-            ("num_clusters", isinstance(out.num_clusters, int) and out.num_clusters >= 2, "an integer >= 2"),
-            ("recluster_every", isinstance(out.recluster_every, int) and out.recluster_every >= 0,
+            ("num_clusters", integer(out.num_clusters) and out.num_clusters >= 2, "an integer >= 2"),
+            ("recluster_every", integer(out.recluster_every) and out.recluster_every >= 0,
              "an integer >= 0 (0: never)"),
-            ("label_noise", 0.0 <= float(out.label_noise) <= 1.0, "a probability in [0, 1]"),
+            ("label_noise", is_probability(out.label_noise), "a probability in [0, 1]"),
             ("label_noise_per", out.label_noise_per in ("slot", "image"), "'slot' or 'image'"),
             ("standardise", out.standardise in STANDARDISATIONS, f"one of {list(STANDARDISATIONS)}"),
             ("feature_layer", isinstance(out.feature_layer, str) and bool(out.feature_layer), "a module name"),
-            ("m_shared", isinstance(out.m_shared, int) and out.m_shared >= 2, "an integer >= 2"),
+            ("m_shared", integer(out.m_shared) and out.m_shared >= 2, "an integer >= 2"),
         ]
         for name, ok, expected in checks:
             if not ok:

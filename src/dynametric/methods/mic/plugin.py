@@ -25,6 +25,11 @@ class MIC(AlternatingMethod):
         if mic.combination != "alternating":
             raise ConfigError("method 'mic' runs the alternating combination; for a summed shared term use "
                               "extra_losses with method.name null", key="method.kwargs.combination")
+        groups = int(cfg.data.batch_size) // int(mic.m_shared)  # a shared batch: that many distinct clusters
+        if groups > int(mic.num_clusters):
+            raise ConfigError(f"a shared batch takes {groups} distinct clusters (data.batch_size {cfg.data.batch_size} "
+                              f"/ m_shared {mic.m_shared}), more than num_clusters {mic.num_clusters}: expected "
+                              f"num_clusters >= {groups} (or a larger m_shared)", key="method.kwargs.num_clusters")
         return mic
 
     def surrogate_classes(self, cfg: Config, settings: Any) -> dict[str, tuple[int, str]]:

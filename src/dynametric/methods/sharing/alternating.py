@@ -21,10 +21,13 @@ The loss terms come from the config as usual and are assigned by their ``head``:
 (``class_head``, default ``class``) form the class step, terms on the shared head the shared step, and terms on
 the ``concat`` head (:class:`~dynametric.losses.decorrelation.DecorrelationLoss`) ride on ``adv_step``.
 One optimizer (the engine's parameter groups) takes both steps; a step-interval LR schedule advances once per
-iteration. ``trainer.global_step`` counts optimizer steps (1 or 2 per iteration), and the trainer's ``max_steps``
-is never exceeded: when the class step reaches it, the iteration's shared step is skipped (no ``p_aux`` draw), so a
-run with ``max_steps = U`` ends after exactly ``U`` optimizer steps (``benchmarks/claim_sharing.py`` matches the
-number of updates of every method that way).
+iteration, its length the run's iterations, or under ``trainer.max_steps`` cosine's progress counted in optimizer
+steps (:meth:`AlternatingSharingModule.schedule_clock`): ``min_lr`` at the run's end either way. Every value is
+logged at an optimizer step, as on the default path: an iteration's per-step values at the steps done before it,
+an epoch's means at ``global_step - 1``. ``trainer.global_step`` counts optimizer steps (1 or 2 per iteration),
+and the trainer's ``max_steps`` is never exceeded: when the class step reaches it, the iteration's shared step is
+skipped (no ``p_aux`` draw), so a run with ``max_steps = U`` ends after exactly ``U`` optimizer steps
+(``benchmarks/claim_sharing.py`` matches the number of updates of every method that way).
 
 Resume: a checkpoint stores the hook's RNG state (p_aux draws and shared batches), the surrogate labels, the
 clustering history and the step counters; the default path's exact-resume machinery (sampler position, global RNG)
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
@@ -46,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from dynametric.engine.module import MetricLearningModule, gradient_finite, nonfinite_gradients
+from dynametric.engine.module import MetricLearningModule, ScheduleClock, gradient_finite, nonfinite_gradients
 from dynametric.engine.objective import Objective, compute_objective, select_head
 from dynametric.errors import ConfigError
 from dynametric.labels import as_label_matrix
@@ -73,6 +77,8 @@ class AlternatingSettings:
 
     @classmethod
     def from_kwargs(cls, kwargs: Mapping[str, Any], key: str = "method.kwargs") -> AlternatingSettings:
+        from dynametric.methods.mic.clustering import integer, is_probability
+
         names = {f.name for f in fields(cls)}
         for name in kwargs:
             if name not in names:
@@ -80,12 +86,12 @@ class AlternatingSettings:
                                   key=f"{key}.{name}")
         out = cls(**dict(kwargs))
         checks = [
-            ("p_aux", isinstance(out.p_aux, (int, float)) and 0.0 <= float(out.p_aux) <= 1.0, "a probability"),
+            ("p_aux", is_probability(out.p_aux), "a probability in [0, 1]"),
             ("adv_step", out.adv_step in ("shared", "class", "both"), "'shared', 'class' or 'both'"),
-            ("m_shared", out.m_shared is None or (isinstance(out.m_shared, int) and out.m_shared >= 2),
+            ("m_shared", out.m_shared is None or (integer(out.m_shared) and out.m_shared >= 2),
              "an integer >= 2 or null"),
             ("shared_batch_size", out.shared_batch_size is None
-             or (isinstance(out.shared_batch_size, int) and out.shared_batch_size >= 4), "an integer >= 4 or null"),
+             or (integer(out.shared_batch_size) and out.shared_batch_size >= 4), "an integer >= 4 or null"),
             ("class_head", isinstance(out.class_head, str) and bool(out.class_head), "a head name"),
             ("shared_head", isinstance(out.shared_head, str) and bool(out.shared_head), "a head name"),
         ]
@@ -93,6 +99,13 @@ class AlternatingSettings:
             if not ok:
                 raise ConfigError(f"expected {expected}, got {getattr(out, name)!r}", key=f"{key}.{name}")
         return out
+
+
+def shared_batch_classes_message(groups: int, per: int, size: int, classes: int) -> str:
+    """The error of a ``sharing_alternating`` shared batch that takes more classes than the training set has."""
+    return (f"a shared batch takes {groups} classes (shared_batch_size {size} / m_shared {per}; shared_batch_size "
+            f"defaults to data.batch_size, m_shared to data.m), and the training set has {classes} classes: expected "
+            f"shared_batch_size / m_shared <= {classes}")
 
 
 @dataclass
@@ -208,6 +221,8 @@ class AlternatingSharingModule(MetricLearningModule):
         self.rng = torch.Generator().manual_seed(plan.seed + 7919)
         self.class_steps = 0
         self.shared_steps = 0
+        self.schedule_marks: dict[int, int] = {}  # the step schedule's {iteration: optimizer steps done} (max_steps)
+        self._steps_before: int | None = None  # optimizer steps done before the iteration under way
         self.labeler: Any = None
         self._unaugmented: Any = None
         if plan.mic is not None:
@@ -283,11 +298,27 @@ class AlternatingSharingModule(MetricLearningModule):
         groups = self.plan.shared_batch_size // per
         if self.labeler is not None:
             assert self.labeler.labels is not None
+            labeler = self.labeler
+
+            def too_few_clusters(present: int) -> ConfigError:
+                epoch, source = labeler.history[-1] if labeler.history else (int(self.current_epoch), "clustering")
+                return ConfigError(
+                    f"a shared batch takes {groups} clusters (data.batch_size {self.plan.shared_batch_size} / "
+                    f"m_shared {per}), and the {source} clustering at epoch {epoch} left {present} of the "
+                    f"{labeler.num_clusters} clusters non-empty: expected more clusters (k-means left some empty) "
+                    "or a larger m_shared", key="method.kwargs.num_clusters")
+
             idx, lab, _ = sample_surrogate_batch(self.labeler.labels, groups, per, self.plan.mic.label_noise,
-                                                 generator=self.rng, noise_per=self.plan.mic.label_noise_per)
+                                                 generator=self.rng, noise_per=self.plan.mic.label_noise_per,
+                                                 too_few=too_few_clusters)
             return self._images(idx), lab.unsqueeze(1).to(self.device)
         labels = self._train_labels()
-        idx, _, _ = sample_surrogate_batch(labels[:, 0], groups, per, 0.0, generator=self.rng)
+
+        def too_few_classes(present: int) -> ConfigError:
+            return ConfigError(shared_batch_classes_message(groups, per, self.plan.shared_batch_size, present),
+                               key="method.kwargs.shared_batch_size")
+
+        idx, _, _ = sample_surrogate_batch(labels[:, 0], groups, per, 0.0, generator=self.rng, too_few=too_few_classes)
         return self._images(idx), labels[idx].to(self.device)
 
     # ----------------------------------------------------------------- clustering schedule
@@ -304,8 +335,46 @@ class AlternatingSharingModule(MetricLearningModule):
             self.labeler.events[-1]["global_step"] = int(self.global_step)
             logger.info("MIC: re-clustered the shared embedding at epoch %d", epoch)
 
+    # ----------------------------------------------------------------- schedule and step axis
+    def schedule_clock(self) -> ScheduleClock | None:
+        """The step schedule advances once per iteration (1 or 2 optimizer steps). Without ``trainer.max_steps`` its
+        length is the run's iterations (Lightning's ``estimated_stepping_batches``); under ``max_steps``, which counts
+        optimizer steps, cosine's progress is the further of the iterations' towards ``max_epochs`` and the
+        optimizer steps' towards ``max_steps`` (after the warm-up), so the rate reaches ``min_lr`` at the run's last
+        step whichever limit ends it (:func:`~dynametric.engine.module.lr_lambda`)."""
+        limit = -1 if self._trainer is None else self.trainer.max_steps
+        if limit is None or limit <= 0:
+            return None
+        batches, epochs = self.trainer.num_training_batches, self.trainer.max_epochs
+        positions = None
+        if epochs is not None and epochs > 0 and isinstance(batches, (int, float)) and math.isfinite(batches):
+            positions = max(1, int(batches)) * int(epochs)
+        return ScheduleClock(lambda: int(self.global_step), int(limit), self.schedule_marks, positions)
+
+    def logged_step(self) -> int:
+        """The step the loggers file the iteration under way at: the optimizer steps done before it
+        (``global_step`` at its start), the axis of the validation rounds and of the default path."""
+        return int(self.global_step) if self._steps_before is None else self._steps_before
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Lightning files a batch's on-step values at its count of batches, one per iteration here; a logged "step"
+        # value puts them at the optimizer steps done before the iteration instead (the writes stay every
+        # trainer.log_every_n_steps iterations), with the "epoch" Lightning adds only without one
+        self._steps_before = int(self.global_step)
+        for name, value in (("step", self._steps_before), ("epoch", int(self.current_epoch))):
+            self.log(name, torch.tensor(float(value), dtype=torch.float64), on_step=True, on_epoch=False, batch_size=1)
+        super().on_train_batch_start(batch, batch_idx)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)
+        self._steps_before = None
+
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
+        # the epoch means at the epoch's last optimizer step, global_step - 1 (Lightning: its count of batches - 1)
+        for name, value in (("step", int(self.global_step) - 1), ("epoch", int(self.current_epoch))):
+            self.log(name, torch.tensor(float(value), dtype=torch.float64), on_step=False, on_epoch=True, batch_size=1,
+                     reduce_fx="max")
         # the step counts so far, once per epoch (host numbers: logged here, not in the training step)
         for name, value in (("class_steps", self.class_steps), ("shared_steps", self.shared_steps)):
             self.log(f"train/{name}", float(value), on_step=False, on_epoch=True)
@@ -434,7 +503,7 @@ class AlternatingSharingModule(MetricLearningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         state: dict[str, Any] = {"rng": self.rng.get_state(), "class_steps": self.class_steps,
-                                 "shared_steps": self.shared_steps}
+                                 "shared_steps": self.shared_steps, "schedule_marks": dict(self.schedule_marks)}
         if self.labeler is not None:
             state["surrogate_labels"] = self.labeler.labels
             state["clustering_history"] = [list(h) for h in self.labeler.history]
@@ -449,6 +518,10 @@ class AlternatingSharingModule(MetricLearningModule):
         self.rng.set_state(state["rng"])
         self.class_steps = int(state.get("class_steps", 0))
         self.shared_steps = int(state.get("shared_steps", 0))
+        marks = state.get("schedule_marks")  # absent in a checkpoint of an older version
+        if marks is not None:
+            self.schedule_marks.clear()  # the same dict: the schedule's lambda holds it
+            self.schedule_marks.update({int(k): int(v) for k, v in marks.items()})
         if self.labeler is not None:
             self.labeler.labels = state.get("surrogate_labels")
             self.labeler.history = [(int(e), str(s)) for e, s in state.get("clustering_history", [])]

@@ -48,6 +48,23 @@ class SharingAlternating(AlternatingMethod):
                                   key=f"method.kwargs.{arg}")
         return settings
 
+    def check_data(self, cfg: Config, settings: Any, datasets: Any) -> None:
+        """A shared batch takes ``shared_batch_size / m_shared`` distinct classes of the training set (its first label
+        column, as the shared step draws them): at most as many as it has."""
+        if datasets is None:
+            return
+        import torch
+
+        from dynametric.labels import as_label_matrix
+        from dynametric.methods.sharing.alternating import shared_batch_classes_message
+
+        per = int(settings.m_shared if settings.m_shared is not None else cfg.data.m)
+        size = int(settings.shared_batch_size if settings.shared_batch_size is not None else cfg.data.batch_size)
+        classes = int(torch.unique(as_label_matrix(datasets.train.labels, name="train_set.labels")[:, 0]).numel())
+        if size // per > classes:
+            raise ConfigError(shared_batch_classes_message(size // per, per, size, classes),
+                              key="method.kwargs.shared_batch_size")
+
     def module_plan(self, cfg: Config, settings: Any) -> Any:
         from dynametric.methods.sharing.alternating import HookPlan
 
