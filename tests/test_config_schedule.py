@@ -231,27 +231,33 @@ def test_one_class_per_batch_is_allowed_for_losses_against_class_weights(overrid
 
 
 # ------------------------------------------------------------------------------------- one image per class
+def _one_image_note(overrides, config=None):
+    from dynametric.pipeline.run_checks import one_image_per_class_note
+
+    return one_image_per_class_note(load_config(config, ["data.m=1", *overrides]))
+
+
 @pytest.mark.parametrize("overrides, named", [
-    (["data.m=1"], "loss TripletMarginLoss compares the batch's embeddings with each other"),
-    (["data.m=1", "data.batch_size=8", "loss.name=MarginLoss", "miner.name=DistanceWeightedMiner"],
+    ([], "loss TripletMarginLoss compares the batch's embeddings with each other"),
+    (["data.batch_size=8", "loss.name=MarginLoss", "miner.name=DistanceWeightedMiner"],
      "loss's miner DistanceWeightedMiner mines pairs of the batch"),
-    (["data.m=1", "data.sampler_scale=1", "loss.kwargs.scale=1"],
+    (["data.sampler_scale=1", "loss.kwargs.scale=1"],
      "loss TripletMarginLoss compares the batch's embeddings with each other"),
-    (["data.m=1", "loss.name=ProxyAnchorLoss", "extra_losses=[{name: ContrastiveLoss}]"],
+    (["loss.name=ProxyAnchorLoss", "extra_losses=[{name: ContrastiveLoss}]"],
      "extra_losses[0] ContrastiveLoss compares the batch's embeddings with each other"),
-    pml_case(["data.m=1", "loss.name=pml:ContrastiveLoss"], "loss pml:ContrastiveLoss compares the batch's "
-                                                            "embeddings with each other"),
+    pml_case(["loss.name=pml:ContrastiveLoss"], "loss pml:ContrastiveLoss compares the batch's embeddings with each "
+                                                "other"),
 ])
-def test_one_image_per_class_is_refused_for_terms_that_compare_the_batch_at_the_sampled_column(overrides,
-                                                                                               named) -> None:
+def test_one_image_per_class_is_noted_for_terms_that_compare_the_batch_at_the_sampled_column(overrides,
+                                                                                             named) -> None:
     """data.m 1: each class once per batch, no positive pair for a term at the sampled column: PDDM's run trained
-    at loss 0.0 every step (the trained metrics moved by weight decay only), accepted without a word."""
-    err = _refused(overrides)
+    at loss 0.0 every step (the trained metrics moved by weight decay only), accepted without a word. A note, not a
+    refusal: a pair loss still learns from its negatives, and a run trained so must still load (evaluate, export)."""
     column = 1 if "data.sampler_scale=1" in overrides else 0
-    assert (err.key, str(err)) == ("data.m", (
-        f"<command line> key 'data.m': data.m 1 puts one image of each class (label column {column}) in a batch: "
-        f"{named}, and without a positive pair (two images of one class) it would train on nothing; expected "
-        "data.m >= 2"))
+    assert _one_image_note(overrides) == (
+        f"note: data.m 1 puts one image of each class (label column {column}) in a batch, so there is no positive "
+        f"pair (two images of one class) where {named}: a loss that needs one (triplets, quadruplets) learns "
+        "nothing, a pair loss only from its negative pairs; set data.m >= 2")
 
 
 @pytest.mark.parametrize("overrides", [
@@ -262,15 +268,19 @@ def test_one_image_per_class_is_refused_for_terms_that_compare_the_batch_at_the_
     ["loss.name=ProxyAnchorLoss"],  # against class weights
     ["data.sampler=three_scale", "data.batch_size=12"],  # its m is per scale chunk: its own checks
 ])
-def test_one_image_per_class_is_allowed_where_the_term_has_positives(overrides) -> None:
-    assert load_config(overrides=["data.m=1", *overrides]).data.m == 1
+def test_one_image_per_class_is_not_noted_where_the_term_has_positives(overrides) -> None:
+    assert _one_image_note(overrides) is None
 
 
-def test_one_image_per_class_of_the_pddm_config_is_refused() -> None:
+def test_one_image_per_class_of_the_pddm_config_is_noted_by_the_dry_run_and_still_loads(capsys) -> None:
+    from dynametric.cli import main
+
     config = Path(__file__).resolve().parents[1] / "configs" / "pddm" / "synthetic.yaml"
-    with pytest.raises(ConfigError, match=r"key 'data.m': data.m 1 puts one image of each class \(label column 0\) "
-                                          r"in a batch: loss PDDMLoss compares"):
-        load_config(config, ["data.m=1"])
+    assert load_config(config, ["data.m=1"]).data.m == 1  # a run trained so by an earlier version still loads
+    assert main(["train", "--dry-run", "--config", str(config), "data.m=1"]) == 0
+    assert ("note: data.m 1 puts one image of each class (label column 0) in a batch, so there is no positive pair "
+            "(two images of one class) where loss PDDMLoss compares") in capsys.readouterr().err
+    assert _one_image_note([], config=None) is not None and load_config(None, ["data.m=2"]).data.m == 2
 
 
 def test_an_extra_term_that_compares_the_batch_is_named() -> None:

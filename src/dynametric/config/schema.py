@@ -711,8 +711,6 @@ class Config:
             if error is not None:
                 raise error
             return
-        if sampler_cls.m_divides_batch and data.m == 1:
-            self._refuse_one_image_per_class()
         if not sampler_cls.m_divides_batch or data.batch_size // data.m >= 2:
             return
         for _where, what in batch_comparing_terms(self):
@@ -722,28 +720,6 @@ class Config:
                               f"expected data.batch_size / data.m >= 2 (e.g. data.batch_size {2 * data.m}"
                               + (f" or data.m {data.batch_size // 2}" if data.batch_size % 2 == 0 else "") + ")",
                               key=key)
-
-    def _refuse_one_image_per_class(self) -> None:
-        """``data.m: 1`` under a sampler that fills a batch with ``data.m`` images per class of column
-        ``data.sampler_scale``: a batch holds one image of each class there, so a term that compares the batch's
-        embeddings at that same column (its ``scale`` / ``label_scale``, not ``multiscale``, not a loss that reads
-        every column) has no positive pair and trains on nothing (loss 0 every step), as one class per batch has no
-        negative pair. A term at another column (a coarser one has positives) or with a negative column (counted
-        from the data's last scale, unknown here) is let through."""
-        from dynametric.losses import LOSSES
-
-        comparing = dict(batch_comparing_terms(self))
-        column = int(self.data.sampler_scale)
-        for where, term, _ in self.loss_terms():
-            if where not in comparing or term.multiscale or getattr(LOSSES.get(term.name), "uses_all_scales", False):
-                continue
-            arg = "label_scale" if term.name.startswith("pml:") or "label_scale" in term.kwargs else "scale"
-            own = term.kwargs.get(arg, 0)
-            if isinstance(own, bool) or not isinstance(own, int) or own != column:
-                continue
-            raise ConfigError(f"data.m 1 puts one image of each class (label column {column}) in a batch: "
-                              f"{comparing[where]}, and without a positive pair (two images of one class) it would "
-                              "train on nothing; expected data.m >= 2", key="data.m")
 
     def _validate_normalization(self) -> None:
         """``data.mean`` / ``data.std``: one finite number per input channel (``model.in_chans``), std > 0."""
@@ -919,6 +895,35 @@ def batch_comparing_terms(cfg: Config, multiscale_only: bool = False) -> list[tu
             continue
         out.append((where, f"{where}'s miner {miner.name} mines pairs of the batch" if miner is not None else
                     f"{where} {term.name} compares the batch's embeddings with each other"))
+    return out
+
+
+def one_image_per_class_terms(cfg: Config) -> list[str]:
+    """``data.m: 1`` under a sampler that fills a batch with ``data.m`` images per class of column
+    ``data.sampler_scale``: a batch holds one image of each class there, so a term that compares the batch's
+    embeddings at that same column (its ``scale`` / ``label_scale``; not ``multiscale``, not a loss that reads every
+    column) has no positive pair: a loss that needs one (triplets, quadruplets: PDDM trained at loss 0 every step)
+    learns nothing, a pair loss (contrastive, multi-similarity) from its negative pairs alone. Returns what each such
+    term does (``"loss PDDMLoss compares the batch's embeddings with each other"``), for the run's ``note:`` line
+    (a note, not a refusal: a run trained so by an earlier version must still load, and some losses do learn). A
+    term at another column (a coarser one has positives) or with a negative column (counted from the data's last
+    scale, unknown here) is not listed."""
+    from dynametric.data.samplers import BATCH_SAMPLERS
+    from dynametric.losses import LOSSES
+
+    data = cfg.data
+    if data.m != 1 or not getattr(BATCH_SAMPLERS.get(data.sampler), "m_divides_batch", False):
+        return []
+    comparing = dict(batch_comparing_terms(cfg))
+    column = int(data.sampler_scale)
+    out = []
+    for where, term, _ in cfg.loss_terms():
+        if where not in comparing or term.multiscale or getattr(LOSSES.get(term.name), "uses_all_scales", False):
+            continue
+        arg = "label_scale" if term.name.startswith("pml:") or "label_scale" in term.kwargs else "scale"
+        own = term.kwargs.get(arg, 0)
+        if not isinstance(own, bool) and isinstance(own, int) and own == column:
+            out.append(comparing[where])
     return out
 
 

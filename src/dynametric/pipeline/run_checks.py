@@ -93,6 +93,19 @@ def validation_note(cfg: Config, has_validation: bool) -> str | None:
             f"set trainer.val_every to a divisor of {epochs} to validate the final weights")
 
 
+def one_image_per_class_note(cfg: Config) -> str | None:
+    """A ``note:`` line for ``data.m: 1`` where a term compares the batch at the sampled label column
+    (:func:`~dynametric.config.schema.one_image_per_class_terms`): it has no positive pair; ``None`` otherwise."""
+    from dynametric.config.schema import one_image_per_class_terms
+
+    terms = one_image_per_class_terms(cfg)
+    if not terms:
+        return None
+    return (f"note: data.m 1 puts one image of each class (label column {int(cfg.data.sampler_scale)}) in a batch, "
+            f"so there is no positive pair (two images of one class) where {'; '.join(terms)}: a loss that needs "
+            "one (triplets, quadruplets) learns nothing, a pair loss only from its negative pairs; set data.m >= 2")
+
+
 def steps_per_epoch(cfg: Config, train: Any, processes: int) -> int | None:
     """The optimizer steps of one training epoch: the batches each of ``processes`` processes draws from the
     configured sampler on ``train``'s labels (as the run's data module builds it for rank 0), in steps of
@@ -162,14 +175,16 @@ def schedule_notes(cfg: Config, per_epoch: int | None) -> list[str]:
 def setup_notes(cfg: Config, embedder: torch.nn.Module, processes: int, has_validation: bool,
                 train: Any = None, automatic: bool = True) -> list[str]:
     """The ``note:`` lines the run and the dry run print about the set-up, in this order: BatchNorm under several
-    processes (:func:`batchnorm_note`), epochs never validated (:func:`validation_note`), a schedule that cannot
-    take effect (:func:`schedule_notes`), and what ``build_embedder`` did (weights loaded from ``pretrained_path``,
+    processes (:func:`batchnorm_note`), epochs never validated (:func:`validation_note`), one image per class
+    (:func:`one_image_per_class_note`), a schedule that cannot take effect (:func:`schedule_notes`), and what
+    ``build_embedder`` did (weights loaded from ``pretrained_path``,
     ...: the embedder's ``notes``). ``train``: the training data, whose epoch of optimizer steps
     (:func:`steps_per_epoch`) measures a ``trainer.max_steps`` against the schedule; ``automatic``: whether the
     module steps its optimizer once per ``trainer.accumulate_grad_batches`` batches (Lightning's automatic
     optimisation; the alternating methods step theirs by hand, a varying number of times per batch, so their
     ``max_steps`` is not measured)."""
-    notes = [batchnorm_note(cfg, embedder, processes), validation_note(cfg, has_validation)]
+    notes = [batchnorm_note(cfg, embedder, processes), validation_note(cfg, has_validation),
+             one_image_per_class_note(cfg)]
     sched = cfg.optim.scheduler
     measured = (automatic and cfg.trainer.max_steps is not None
                 and (sched.name in ("step", "multistep") or (sched.warmup_epochs > 0 and sched.name != "plateau")))
