@@ -143,10 +143,11 @@ _EXACT_SIZE = 2**18
 #: On the CPU, a pair whose product-path squared distance is at most ``_NEAR_EPS`` machine epsilons times
 #: ``|x - c|^2 + |y - c|^2`` is recomputed from its difference (float32: below ~3.5 % of the centred norms).
 _NEAR_EPS = 1e4
-#: Near pairs are recomputed by gathering their rows while that takes at most this many times the memory of the
-#: distance matrix and the inputs (``count * D <= 4 (Nq Nr + (Nq + Nr) D)``; a reference set equal to the batch
-#: always fits); beyond that (e.g. a batch of equal rows) the whole matrix is computed exactly by cdist.
-_NEAR_MEMORY = 4
+#: Near pairs are recomputed by gathering their rows while there are at most this many per row on average
+#: (``count <= 4 max(Nq, Nr)``: a reference set equal to the batch, a row's few duplicates); beyond that (a
+#: collapsed batch: many equal or nearly equal rows) they keep the product's rounding: gathering and its backward
+#: cost about 3 ms per 1,000 pairs of 128 values on one core (32 copies of each of 32 rows took 8x the product).
+_NEAR_PER_ROW = 4
 #: Both sets are centred on the coordinate-wise median of this many first rows of ``q``.
 _CENTRE_ROWS = 8
 
@@ -171,8 +172,10 @@ def euclidean_matrix(q: torch.Tensor, r: torch.Tensor, recompute_near: bool | No
       differentiable; gradient 0 at distance 0, as ``cdist``'s exact kernel), and a pair of a row with itself
       (``r is q``) is set to 0. Equal rows are then exactly 0 apart, and every other distance is within about
       ``1e-4`` relative of float64 (``k eps / (2e4 eps)`` for the product's error ``k eps |x|^2``; measured up to
-      3e-7). More near pairs than four times the memory of the matrix and the inputs (a batch of equal rows)
-      fall back to ``cdist``'s exact kernel for the whole matrix.
+      3e-7). More than 4 near pairs per row on average (a collapsed batch: many equal or nearly equal rows) keep
+      the product's rounding instead (recomputing them, or the exact kernel for the whole matrix, cost 8-12x the
+      product there; rows equal after centring are still exactly 0 apart). A row's distance to itself is 0 where
+      the row is finite and NaN where it is not.
     """
     rows_q, rows_r, dim = q.shape[0], r.shape[0], q.shape[1]
     if max(rows_q, rows_r) <= _CDIST_EXACT_ROWS or rows_q * rows_r * dim <= _EXACT_SIZE or q.numel() == 0 \
@@ -202,18 +205,23 @@ def euclidean_matrix(q: torch.Tensor, r: torch.Tensor, recompute_near: bool | No
             pair_limit = (scale * (nq[i, None] + norms_r)).sqrt().clamp_min(1e-14)
             row_pos, j = torch.nonzero(found[i] <= pair_limit, as_tuple=True)
             i = i[row_pos]
-    if i.numel() * dim > _NEAR_MEMORY * (rows_q * rows_r + (rows_q + rows_r) * dim):
-        return torch.cdist(q, r, compute_mode="donot_use_mm_for_euclid_dist")
-    if r is q:  # the diagonal: distance 0, gradient 0 (as cdist's exact kernel gives at distance 0)
+        if i.numel() > _NEAR_PER_ROW * max(rows_q, rows_r):
+            # a collapsed batch (many equal or nearly equal rows): its near pairs keep the product's rounding (the
+            # exact kernel for the whole matrix cost 8-12x the product there); equal rows after centring (all rows
+            # equal) are exactly 0 apart all the same
+            i = j = i[:0]
+        # a row's own distance is 0 where the row is finite and NaN where not (as the exact kernel gives it)
+        own = torch.where(torch.isfinite(nq), 0.0, float("nan")).to(mat.dtype) if r is q else None
+    if own is not None:  # the diagonal: distance 0, gradient 0 (as cdist's exact kernel gives at distance 0)
         diagonal = torch.arange(rows_q, device=q.device)
         if i.numel() == 0:
-            return torch.diagonal_scatter(mat, mat.new_zeros(rows_q))
+            return torch.diagonal_scatter(mat, own)
     elif i.numel() == 0:
         return mat
     values = torch.linalg.vector_norm(q[i] - r[j], dim=1)
-    if r is q:
+    if own is not None:
         i, j = torch.cat([i, diagonal]), torch.cat([j, diagonal])
-        values = torch.cat([values, values.new_zeros(rows_q)])
+        values = torch.cat([values, own])
     return mat.index_put((i, j), values)
 
 

@@ -117,11 +117,47 @@ def test_gradient_at_distance_zero_is_finite_and_that_of_the_exact_kernel():
 
 
 def test_rows_all_equal_give_zeros_and_a_zero_gradient():
-    x = torch.full((100, 32), 3.0, requires_grad=True)  # every pair near: the whole matrix by the exact kernel
+    x = torch.full((100, 32), 3.0, requires_grad=True)  # every pair near, rows 0 after centring: the product is 0
     mat = LpDistance(normalize_embeddings=False)(x)
     assert torch.equal(mat, torch.zeros(100, 100))
     mat.sum().backward()
     assert torch.equal(x.grad, torch.zeros(100, 32))
+
+
+def test_a_collapsed_batch_keeps_the_product_and_never_takes_the_exact_kernel(monkeypatch):
+    """32 copies of each of 32 rows (31 near pairs a row): recomputing them (or the exact kernel for the whole matrix,
+    as the first version did) cost 8-12x the product; more than 4 near pairs a row on average keep the centred
+    product's values (the diagonal still 0), computed once."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(32, 64, generator=g).repeat(32, 1)
+    calls = []
+    real = torch.cdist
+
+    def spy(a, b, *args, **kwargs):
+        calls.append(kwargs.get("compute_mode"))
+        return real(a, b, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "cdist", spy)
+    got = euclidean_matrix(x, x)
+    monkeypatch.undo()
+    assert calls == ["use_mm_for_euclid_dist"]
+    product = euclidean_matrix(x, x, recompute_near=False)
+    assert torch.equal(got.diagonal(), torch.zeros(1024))
+    off = ~torch.eye(1024, dtype=torch.bool)
+    assert torch.equal(got[off], product[off])
+    assert (got.double() - exact64(x, x)).abs().max() < 1e-2  # the product's rounding on rows of norm ~8
+
+
+def test_a_non_finite_row_is_nan_from_itself_as_with_the_exact_kernel():
+    """The diagonal was set to 0 for every row: a row holding inf or NaN came out 0 from itself (the exact kernel
+    gives NaN); the other rows' own distances stay 0."""
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(200, 64, generator=g)
+    x[0, 0] = float("inf")
+    x[5, 3] = float("nan")
+    got = euclidean_matrix(x, x)
+    assert torch.isnan(got[0, 0]) and torch.isnan(got[5, 5])
+    assert torch.equal(got.diagonal()[torch.tensor([i not in (0, 5) for i in range(200)])], torch.zeros(198))
 
 
 def test_a_common_offset_costs_no_precision_and_no_recomputation(monkeypatch):
