@@ -20,6 +20,19 @@ from dynametric.losses import ContrastiveLoss
 from tests.benchmarks.loader import load_benchmark
 
 
+def _count_cdist_modes(monkeypatch) -> list:
+    """``torch.cdist`` replaced by a spy: the list it returns gets each call's ``compute_mode``."""
+    calls: list = []
+    real = torch.cdist
+
+    def spy(a, b, *args, **kwargs):
+        calls.append(kwargs.get("compute_mode"))
+        return real(a, b, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "cdist", spy)
+    return calls
+
+
 def exact64(q: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     return torch.cdist(q.double(), r.double(), compute_mode="donot_use_mm_for_euclid_dist")
 
@@ -130,14 +143,7 @@ def test_a_collapsed_batch_keeps_the_product_and_never_takes_the_exact_kernel(mo
     product's values (the diagonal still 0), computed once."""
     g = torch.Generator().manual_seed(8)
     x = torch.randn(32, 64, generator=g).repeat(32, 1)
-    calls = []
-    real = torch.cdist
-
-    def spy(a, b, *args, **kwargs):
-        calls.append(kwargs.get("compute_mode"))
-        return real(a, b, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "cdist", spy)
+    calls = _count_cdist_modes(monkeypatch)
     got = euclidean_matrix(x, x)
     monkeypatch.undo()
     assert calls == ["use_mm_for_euclid_dist"]
@@ -165,14 +171,7 @@ def test_a_common_offset_costs_no_precision_and_no_recomputation(monkeypatch):
     no fallback) and the distances keep float32's relative precision."""
     g = torch.Generator().manual_seed(4)
     x = 1000 + torch.randn(100, 64, generator=g)
-    calls = []
-    real = torch.cdist
-
-    def spy(a, b, *args, **kwargs):
-        calls.append(kwargs.get("compute_mode"))
-        return real(a, b, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "cdist", spy)
+    calls = _count_cdist_modes(monkeypatch)
     got = euclidean_matrix(x, x[:60] + 0)  # not the same object: no diagonal shortcut
     assert calls == ["use_mm_for_euclid_dist"]
     monkeypatch.undo()
@@ -205,14 +204,7 @@ def test_a_row_far_off_or_nan_does_not_move_the_centre(recompute_near, monkeypat
     x[5] = float("nan")
     x[9, 0] = float("inf")
     x[40] = x[20]  # a near pair to find despite the far row and the NaN columns
-    calls = []
-    real = torch.cdist
-
-    def spy(a, b, *args, **kwargs):
-        calls.append(kwargs.get("compute_mode"))
-        return real(a, b, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "cdist", spy)
+    calls = _count_cdist_modes(monkeypatch)
     got = euclidean_matrix(x, x.clone(), recompute_near=recompute_near)
     monkeypatch.undo()
     assert calls == ["use_mm_for_euclid_dist"]  # no fallback to the exact kernel for the whole matrix
