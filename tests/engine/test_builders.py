@@ -295,9 +295,10 @@ def _mic_config(*overrides: str):
 def test_mic_shared_terms_are_sized_by_the_clusters_not_the_data():
     from dynametric.pipeline import build_components
 
-    # a proxy loss on the shared head needs one proxy per cluster (5), not per fine training class (12)
-    cfg = _mic_config("method.kwargs.num_clusters=5", "extra_losses[0].name=ProxyAnchorLoss",
-                      "extra_losses[0].kwargs={}")
+    # a proxy loss on the shared head needs one proxy per cluster (5), not per fine training class (12); a shared
+    # batch of 32 with m_shared 8 takes 4 of the 5 clusters (m_shared 4 would take 8: refused by the method's check)
+    cfg = _mic_config("method.kwargs.num_clusters=5", "method.kwargs.m_shared=8",
+                      "extra_losses[0].name=ProxyAnchorLoss", "extra_losses[0].kwargs={}")
     from dynametric.methods import method_for
 
     method = method_for(cfg)
