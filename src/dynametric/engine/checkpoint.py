@@ -22,12 +22,16 @@ from torch import nn
 from dynametric.errors import InputError, first_sentence
 from dynametric.utils.io import atomic_torch_save
 from dynametric.utils.limits import out_of_memory
+from dynametric.utils.processes import interrupts_deferred
 
 
 def save_checkpoint_file(checkpoint: dict[str, Any], path: str | Path) -> None:
     """``torch.save`` to ``path`` atomically, streamed with Python's file IO (:func:`atomic_torch_save`: a full
-    disk is one ``OSError`` naming ``path``, the temporary file removed; no serialised copy held in memory)."""
-    atomic_torch_save(path, checkpoint)
+    disk is one ``OSError`` naming ``path``, the temporary file removed; no serialised copy held in memory). A
+    Ctrl-C or SIGTERM during the write is delivered once it is done (:func:`interrupts_deferred`): the run then stops
+    as interrupted, with a whole checkpoint to resume from."""
+    with interrupts_deferred():
+        atomic_torch_save(path, checkpoint)
 
 
 def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from dynametric.utils.shared import SharedSetting
 
@@ -74,3 +77,32 @@ def callers_start_method() -> contextlib.AbstractContextManager[None]:
     threads share one save and restore (:class:`~dynametric.utils.shared.SharedSetting`: the first in looks, the
     last out unsets)."""
     return _START_METHOD.held(_unset_again_later)
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM held back while the block runs, then delivered to the handlers that were in place (in the
+    main thread only; elsewhere, and for a handler that is not Python's, nothing changes). For a write that an
+    exception must not cut in two: a Ctrl-C or SIGTERM in the middle of ``torch.save`` raised inside its zip
+    writer, whose clean-up then failed (``RuntimeError: ... unexpected pos``), so the run ended with status 1 and
+    that line instead of the interrupt's status and resume hint."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous: dict[signal.Signals, Any] = {}
+
+    def hold(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(sig)
+        if callable(handler):  # a Python handler: it raises or acts; held until the block ends
+            previous[sig] = signal.signal(sig, hold)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum in dict.fromkeys(received):  # each signal once, in the order it came
+            signal.raise_signal(signum)
